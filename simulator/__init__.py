@@ -1,0 +1,1 @@
+"""bwp simulator: synthetic telemetry generator and real-trace importers."""

@@ -1,0 +1,1 @@
+"""bwp streaming layer: wire records, settings, embedded stack, Faust worker."""
