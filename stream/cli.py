@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "stream.commands",
     "simulator.commands",
     "ml.commands",
+    "ml.policy_commands",
     "stream.lifecycle_commands",
 )
 
