@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bwp-installed
 
-.PHONY: install demo test test-fast bench clean lint help
+.PHONY: install demo test test-fast bench clean lint help prometheus
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,8 +20,19 @@ install: $(STAMP)  ## create .venv and install bwp with test extras
 demo: install  ## embedded broker + Redis, quick model, worker + simulator, live view (60 s)
 	$(BIN)/bwp demo --seconds $${BWP_DEMO_SECONDS:-60}
 
-test: install  ## the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
+test: install prometheus  ## the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
 	$(BIN)/python -m pytest -q -ra
+
+# Debian/Ubuntu `prometheus` for tests/test_prometheus_scrape.py (skipped without it).
+prometheus:  ## install Prometheus if missing (needs root + apt-get; otherwise a note)
+	@if command -v prometheus >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; } \
+	  && echo "installed: $$(prometheus --version 2>&1 | head -n 1)" \
+	  || echo "note: apt-get could not install prometheus; tests/test_prometheus_scrape.py will be skipped"; \
+	else echo "note: prometheus is not on PATH and cannot be installed here (needs root and apt-get); tests/test_prometheus_scrape.py will be skipped"; fi
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -q -ra -m "not integration and not slow"

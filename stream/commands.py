@@ -10,6 +10,9 @@ from stream.cli import add_settings_flags, settings_from_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_stack(sub)
+    _register_worker(sub)
+    _register_demo(sub)
+    _register_tail(sub)
 
 
 # --- bwp stack -----------------------------------------------------------------------------
@@ -66,3 +69,124 @@ def _stack_status(args: argparse.Namespace) -> int:
     status = _stack(args).status()
     print(json.dumps(status, indent=2))
     return 0 if all(v["running"] for v in status.values()) else 1
+
+
+# --- bwp worker ----------------------------------------------------------------------------
+def _register_worker(sub: argparse._SubParsersAction) -> None:
+    from stream.worker import add_worker_flags
+
+    p = sub.add_parser(
+        "worker",
+        help="run the streaming worker (Faust): telemetry -> windows in Redis -> LSTM + DDQN -> decisions",
+        description="Consume telemetry in micro-batches, keep each link's 10-state window in Redis, and publish "
+        "one decision per full window with the registry's current model (or --model-version). Invalid records go "
+        "to the dead-letter topic. Offsets are committed only after the batch's decisions are acknowledged "
+        "(at-least-once; see docs/pipeline.md). Stop with Ctrl-C / SIGTERM.",
+    )
+    add_worker_flags(p)
+    add_settings_flags(p)
+    p.set_defaults(func=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from stream.worker import run_worker, worker_overrides
+
+    settings = settings_from_args(args, **worker_overrides(args))
+    return run_worker(settings, args.model_version, args.metrics_port)
+
+
+# --- bwp demo ------------------------------------------------------------------------------
+def _register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="embedded stack + quick model + worker + simulator, with a live view",
+        description="Start (or reuse) the embedded broker and Redis, train a quick model if none is registered, "
+        "run one worker and a paced simulator (mixed fleet), show the latest decisions live, print a summary, "
+        "and stop everything the demo started. A few deliberately invalid records are injected (and labelled) "
+        "so the dead-letter path is visible.",
+    )
+    p.add_argument("--seconds", type=float, default=60.0, help="how long to run (default 60)")
+    p.add_argument("--links", type=int, default=200, help="simulated links (default 200)")
+    p.add_argument("--rate", type=float, default=None, help="states/s in total (default 5 x links)")
+    add_settings_flags(p, "--bootstrap", "--redis-url", "--model-dir", "--state-dir")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    if args.links < 1 or args.seconds <= 0:
+        raise SystemExit("bwp demo: --links must be >= 1 and --seconds > 0")
+    return run_demo(settings_from_args(args), args.seconds, args.links, args.rate)
+
+
+# --- bwp tail ------------------------------------------------------------------------------
+def _register_tail(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tail",
+        help="print decisions as they arrive",
+        description="Follow the decisions topic and print one readable line per decision (or raw JSON).",
+    )
+    p.add_argument("--from-beginning", action="store_true", help="start at the oldest decision, not the newest")
+    p.add_argument("--limit", type=int, default=None, help="stop after N decisions")
+    p.add_argument("--json", action="store_true", help="print each decision as its JSON value")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds without a decision")
+    add_settings_flags(p, "--bootstrap", "--decisions-topic")
+    p.set_defaults(func=_tail)
+
+
+def format_decision(d: dict) -> str:
+    """One readable line for a decision."""
+    import datetime as dt
+
+    t = dt.datetime.fromtimestamp(d["decided_at_ms"] / 1000, tz=dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    return (
+        f"{t}  {d['link_id']:<14} seq {d['seq']:<7} forecast {d['predicted_bandwidth_mbps']:>10,.1f} Mbit/s  "
+        f"alloc {d['allocation_pct']:>3}% of {d['reference_bandwidth_mbps']:,.1f} = {d['allocated_bandwidth_mbps']:,.1f} Mbit/s"
+        f"  [{d['model_version']}]" + (f" {d['profile']}" if d.get("profile") else "")
+    )
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+
+    from stream.errors import StackError
+
+    s = settings_from_args(args)
+    c = Consumer(s.confluent_config(**{"group.id": f"bwp-tail-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}))
+    try:
+        try:
+            md = c.list_topics(s.decisions_topic, timeout=10)
+        except KafkaException as exc:
+            raise StackError(f"cannot reach Kafka at {s.kafka_bootstrap}: {exc}") from exc
+        tmeta = md.topics.get(s.decisions_topic)
+        if tmeta is None or tmeta.error is not None or not tmeta.partitions:
+            raise StackError(f"topic {s.decisions_topic!r} does not exist on {s.kafka_bootstrap}")
+        start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
+        c.assign([TopicPartition(s.decisions_topic, p, start) for p in tmeta.partitions])
+        n = 0
+        last = time.monotonic()
+        while args.limit is None or n < args.limit:
+            m = c.poll(0.5)
+            if m is None:
+                if args.timeout is not None and time.monotonic() - last > args.timeout:
+                    break
+                continue
+            if m.error() is not None:
+                continue
+            last = time.monotonic()
+            raw = m.value()
+            if args.json:
+                print(raw.decode(), flush=True)
+            else:
+                try:
+                    print(format_decision(json.loads(raw)), flush=True)
+                except (ValueError, KeyError) as exc:
+                    print(f"(not a decision: {exc}) {raw[:200]!r}", flush=True)
+            n += 1
+    finally:
+        c.close()
+    return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_serializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.errors import ConfigError
@@ -89,8 +89,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"BWP_{name.upper()} points at {p}, which is not a readable file")
         scheme = urlparse(self.redis_url).scheme
         if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"BWP_REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}")
+            raise ValueError(
+                f"BWP_REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}"
+            )
         return self
+
+    @field_serializer("redis_url", when_used="json")
+    def _redact_redis_url(self, url: str) -> str:
+        # JSON dumps go to files and logs; like SecretStr, a URL password is masked there.
+        return redact_url(url)
+
+    def __repr_args__(self):  # type: ignore[override]
+        # A password embedded in BWP_REDIS_URL must not reach logs through repr()/str().
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "redis_url" and isinstance(value, str) else value)
 
     # --- derived -----------------------------------------------------------------------
     @property
@@ -130,6 +142,16 @@ class Settings(BaseSettings):
         if self.redis_ssl_cafile is not None:
             kw["ssl_ca_certs"] = str(self.redis_ssl_cafile)
         return kw
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user-info replaced by ``***`` (for logs and errors)."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    userinfo = (u.username or "") + ":***"
+    host = u.netloc.rsplit("@", 1)[1]
+    return u._replace(netloc=f"{userinfo}@{host}").geturl()
 
 
 def _is_loopback(host: str) -> bool:

@@ -75,3 +75,11 @@ def traces_root() -> Path:
     if not TRACES.is_dir():
         pytest.skip(f"real traces not available: {TRACES} is missing (CI has it)")
     return TRACES
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with one quick-trained, promoted model (trained once per session)."""
+    from fixtures_models import quick_model_dir
+
+    return quick_model_dir(tmp_path_factory)

@@ -1,0 +1,179 @@
+"""Serving-side inference: window in Mbit/s -> forecast, allocation action, reference bandwidth.
+
+This is the only ml module that serving code imports. It depends on the registry,
+the feature transform and the policy observation only (never on training code).
+Forward passes are compiled ``tf.function``s with ``training=False``, traced once
+per batch bucket at load time, so steady-state calls never retrace.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.errors import ModelError
+from stream.records import FEATURES, N_ACTIONS, WINDOW
+
+#: Batches are padded up to one of these sizes; larger ones are cut into 4096 chunks.
+BUCKETS: tuple[int, ...] = (1, 8, 64, 256, 1024, 4096)
+
+_tf_configured = False
+
+
+def configure_tf(threads: int | None = None) -> None:
+    """Quiet TensorFlow and cap its thread pools (call before the first TF op).
+
+    ``threads`` defaults to ``BWP_TF_THREADS`` or the CPU count, capped at 2 (the
+    target machines have 2 cores, shared with Kafka/Redis).
+    """
+    global _tf_configured
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if _tf_configured:
+        return
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    n = threads or int(os.environ.get("BWP_TF_THREADS", "0")) or min(2, os.cpu_count() or 1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1 if n <= 2 else 2)
+    except RuntimeError:
+        pass  # TF already initialised in this process (e.g. by training): keep its pools
+    _tf_configured = True
+
+
+@dataclass
+class Prediction:
+    """One row per input window."""
+
+    bandwidth_mbps: np.ndarray  # (N,) forecast of the next step, >= 0
+    action: np.ndarray  # (N,) int64 in 0..9, allocation (action + 1) * 10 %
+    reference_bandwidth_mbps: np.ndarray  # (N,) what 100 % allocation means
+
+
+def _bucket(n: int) -> int:
+    for b in BUCKETS:
+        if n <= b:
+            return b
+    return BUCKETS[-1]
+
+
+class Predictor:
+    """A loaded, verified model version with compiled forward passes.
+
+    Thread-safe for concurrent callers (a lock serialises calls; TF itself uses the
+    configured intra-op threads).
+    """
+
+    def __init__(self, loaded: Any) -> None:
+        import tensorflow as tf
+
+        from ml.policy_features import OBS_DIM
+
+        self.version: str = loaded.version
+        self.metadata: dict[str, Any] = loaded.metadata
+        self.preprocessor = loaded.preprocessor
+        self._lstm = loaded.lstm
+        self._qnet = loaded.qnet
+        self._lock = threading.Lock()
+        self._obs_dim = OBS_DIM
+        lstm, qnet = self._lstm, self._qnet
+
+        # One concrete function per bucket: shapes are static, so nothing retraces later.
+        @tf.function(reduce_retracing=False)
+        def _forecast(x):
+            return tf.reshape(lstm(x, training=False), [-1])
+
+        @tf.function(reduce_retracing=False)
+        def _policy(obs):
+            return tf.argmax(qnet(obs, training=False), axis=1, output_type=tf.int32)
+
+        self._forecast_fn = _forecast
+        self._policy_fn = _policy
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        for b in BUCKETS:
+            self._forecast_fn(np.zeros((b, WINDOW, len(FEATURES)), np.float32))
+            self._policy_fn(np.zeros((b, self._obs_dim), np.float32))
+
+    def _run(self, fn: Any, x: np.ndarray) -> np.ndarray:
+        """Apply a compiled fn on bucket-padded chunks of ``x``; returns (N, ...) numpy."""
+        n = x.shape[0]
+        outs = []
+        for start in range(0, n, BUCKETS[-1]):
+            chunk = x[start : start + BUCKETS[-1]]
+            m = chunk.shape[0]
+            b = _bucket(m)
+            if m < b:
+                pad = np.zeros((b - m,) + chunk.shape[1:], dtype=np.float32)
+                chunk = np.concatenate([chunk, pad])
+            outs.append(fn(chunk).numpy()[:m])
+        return np.concatenate(outs)
+
+    def forecast(self, windows: np.ndarray) -> np.ndarray:
+        """LSTM forecast only: (N, 10, 4) Mbit/s -> (N,) Mbit/s."""
+        w = self._check(windows)
+        if w.shape[0] == 0:
+            return np.zeros((0,))
+        with self._lock:
+            z = self._run(self._forecast_fn, self.preprocessor.transform(w))  # (N,) standardised
+        return self.preprocessor.inverse_target(z, w)
+
+    def predict(self, windows: np.ndarray) -> Prediction:
+        """Forecast, action and reference bandwidth for each window.
+
+        ``windows`` is (N, 10, 4) in raw units (Mbit/s, ms, ratios), FEATURES order,
+        oldest row first. N = 0 gives empty arrays.
+        """
+        from ml.policy_features import observation, reference_bandwidth
+
+        w = self._check(windows)
+        n = w.shape[0]
+        if n == 0:
+            return Prediction(np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
+        with self._lock:
+            x = self.preprocessor.transform(w)  # (N, 10, 4) float32
+            z = self._run(self._forecast_fn, x)  # (N,)
+            bw = self.preprocessor.inverse_target(z, w)  # (N,) Mbit/s
+            obs = observation(w, bw)  # (N, OBS_DIM)
+            act = self._run(self._policy_fn, obs).astype(np.int64)  # (N,)
+        return Prediction(bw, np.clip(act, 0, N_ACTIONS - 1), reference_bandwidth(w))
+
+    @staticmethod
+    def _check(windows: np.ndarray) -> np.ndarray:
+        w = np.asarray(windows, dtype=np.float64)
+        if w.ndim != 3 or w.shape[1:] != (WINDOW, len(FEATURES)):
+            raise ValueError(f"windows must be (N, {WINDOW}, {len(FEATURES)}), got {w.shape}")
+        return w
+
+    def compiled_forward(self, x: np.ndarray, obs: np.ndarray) -> tuple[Any, Any]:
+        """Raw compiled LSTM and Q-net passes on already-prepared inputs of a bucket size (bench)."""
+        return self._forecast_fn(x), self._policy_fn(obs)
+
+
+def load_predictor(model_dir: Path | str, version: str | None = None) -> Predictor:
+    """Verify and load ``version`` (default: the current one) into a ready :class:`Predictor`.
+
+    Raises :class:`ModelError` when there is no model or it fails verification.
+    """
+    configure_tf()
+    from ml.registry import load_version
+
+    started = time.monotonic()
+    loaded = load_version(model_dir, version)
+    try:
+        p = Predictor(loaded)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"model {loaded.version}: cannot compile the forward passes: {exc}") from exc
+    p.load_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    return p

@@ -1,0 +1,266 @@
+"""Concept-drift detection on live forecast accuracy, and the "retrain requested" flag.
+
+Signal, per profile, for every forecast whose actual value has arrived::
+
+    e_model    = min(CLIP, |forecast - actual|          / max(|actual|, FLOOR))
+    e_baseline = min(CLIP, |baseline_forecast - actual| / max(|actual|, FLOOR))
+    x          = e_model - e_baseline
+
+``x`` is how much worse (in absolute relative error) the model does than the
+last-value baseline on the same step. Differencing against the baseline removes
+what is simply a harder period for everyone (a bursty hour raises both errors);
+what is left rises when the *model* stopped fitting the traffic. A one-sided
+(increase) Page-Hinkley test (``river.drift.PageHinkley``, mode ``up``) watches the
+mean of ``x``; ``delta`` is the smallest rise that matters (5 percentage points by
+default) and ``threshold`` the evidence needed. Relative errors are clipped at
+``CLIP`` (200 %) so one outage (actual ~ 0) cannot trigger a detection alone.
+
+On detection :class:`LiveAccuracy` counts it and calls ``on_drift``; the usual
+callback is :meth:`RetrainFlag.request`, which sets the Redis key
+``<key_prefix>:retrain_requested`` and/or ``<model_dir>/retrain-requested.json``
+that ``bwp retrain`` reads and clears.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+#: Relative errors are clipped here (2 = 200 %).
+CLIP = 2.0
+#: Smallest |actual| (Mbit/s) a relative error divides by.
+FLOOR = 1e-3
+FLAG_FILE = "retrain-requested.json"
+FLAG_KEY_SUFFIX = "retrain_requested"
+
+
+def relative_error(forecast: float, actual: float, clip: float = CLIP, floor: float = FLOOR) -> float:
+    """``min(clip, |forecast - actual| / max(|actual|, floor))``; NaN/inf inputs give ``clip``."""
+    if not (math.isfinite(forecast) and math.isfinite(actual)):
+        return clip
+    return min(clip, abs(forecast - actual) / max(abs(actual), floor))
+
+
+@dataclass
+class DriftEvent:
+    """One detection: which profile, after how many observations, and the recent mean signal."""
+
+    profile: str
+    n_observed: int
+    detections: int
+    recent_model_error: float
+    recent_baseline_error: float
+    at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def reason(self) -> str:
+        """Human-readable reason, stored in the retrain flag."""
+        return (
+            f"drift on profile {self.profile}: model relative error {self.recent_model_error:.3f} vs "
+            f"last-value {self.recent_baseline_error:.3f} (recent mean) after {self.n_observed} observations"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "n_observed": self.n_observed,
+            "detections": self.detections,
+            "recent_model_error": self.recent_model_error,
+            "recent_baseline_error": self.recent_baseline_error,
+            "at": self.at,
+            "reason": self.reason,
+        }
+
+
+class _ProfileState:
+    """Page-Hinkley detector plus short-memory error means for one profile."""
+
+    # weight of the newest observation in the reported recent means (about 200 steps of memory)
+    _EMA = 0.005
+
+    def __init__(self, delta: float, threshold: float, min_instances: int) -> None:
+        from river.drift import PageHinkley
+
+        self.detector = PageHinkley(min_instances=min_instances, delta=delta, threshold=threshold, mode="up")
+        self.n = 0
+        self.detections = 0
+        self.model_err = math.nan
+        self.base_err = math.nan
+
+    def update(self, e_model: float, e_base: float) -> bool:
+        self.n += 1
+        if math.isnan(self.model_err):
+            self.model_err, self.base_err = e_model, e_base
+        else:
+            self.model_err += self._EMA * (e_model - self.model_err)
+            self.base_err += self._EMA * (e_base - self.base_err)
+        self.detector.update(e_model - e_base)
+        if self.detector.drift_detected:  # river resets the test itself on the next update
+            self.detections += 1
+            return True
+        return False
+
+
+class LiveAccuracy:
+    """Per-profile Page-Hinkley drift detection of the model's error relative to last-value.
+
+    Call :meth:`observe` once per (forecast, actual) pair, when the actual value of
+    the forecast step arrives. Not thread-safe; one instance per worker process.
+    """
+
+    def __init__(
+        self,
+        delta: float = 0.05,
+        threshold: float = 25.0,
+        min_instances: int = 30,
+        on_drift: Callable[[DriftEvent], None] | None = None,
+    ) -> None:
+        if delta < 0 or threshold <= 0 or min_instances < 1:
+            raise ValueError(
+                f"need delta >= 0, threshold > 0, min_instances >= 1; got {delta}, {threshold}, {min_instances}"
+            )
+        self.delta = delta
+        self.threshold = threshold
+        self.min_instances = min_instances
+        self.on_drift = on_drift
+        self._profiles: dict[str, _ProfileState] = {}
+        self.events: list[DriftEvent] = []
+
+    def observe(self, profile: str | None, forecast: float, baseline_forecast: float, actual: float) -> bool:
+        """Feed one step; returns True when this observation completes a drift detection."""
+        key = profile or "unknown"
+        st = self._profiles.get(key)
+        if st is None:
+            st = self._profiles[key] = _ProfileState(self.delta, self.threshold, self.min_instances)
+        drift = st.update(relative_error(forecast, actual), relative_error(baseline_forecast, actual))
+        if drift:
+            ev = DriftEvent(key, st.n, st.detections, st.model_err, st.base_err)
+            self.events.append(ev)
+            del self.events[:-100]  # keep the last 100 only
+            if self.on_drift is not None:
+                self.on_drift(ev)
+        return drift
+
+    def detections(self, profile: str | None = None) -> int:
+        """Detections so far, for one profile or all together."""
+        if profile is not None:
+            st = self._profiles.get(profile)
+            return st.detections if st else 0
+        return sum(st.detections for st in self._profiles.values())
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per profile: observations, detections, recent mean relative errors (model, last-value)."""
+        return {
+            p: {"observed": st.n, "detections": st.detections, "model_error": st.model_err, "baseline_error": st.base_err}
+            for p, st in self._profiles.items()
+        }
+
+
+class RetrainFlag:
+    """The "retrain requested" flag: a Redis key and/or a JSON file in the model dir.
+
+    ``bwp retrain`` reads it (and reports the reason), then clears it after its run.
+    Either location may be None. The Redis client is a synchronous ``redis.Redis``.
+    """
+
+    def __init__(self, model_dir: Path | str | None = None, redis_client: Any = None, key_prefix: str = "bwp") -> None:
+        self.path = Path(model_dir) / FLAG_FILE if model_dir is not None else None
+        self.redis = redis_client
+        self.key = f"{key_prefix}:{FLAG_KEY_SUFFIX}"
+
+    @classmethod
+    def from_settings(cls, settings: Any, use_redis: bool = True) -> "RetrainFlag":
+        """Flag at ``settings.model_dir`` and (when ``use_redis``) the settings' Redis."""
+        client = None
+        if use_redis:
+            import redis
+
+            client = redis.Redis.from_url(
+                settings.redis_url, socket_timeout=2, socket_connect_timeout=2, **settings.redis_kwargs()
+            )
+        return cls(settings.model_dir, client, settings.key_prefix)
+
+    def request(self, event: DriftEvent | str) -> None:
+        """Set the flag (idempotent: a newer request overwrites the reason)."""
+        payload = event.to_dict() if isinstance(event, DriftEvent) else {
+            "reason": str(event),
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        text = json.dumps(payload, sort_keys=True)
+        if self.redis is not None:
+            self.redis.set(self.key, text)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, self.path)
+
+    __call__ = request  # so a flag can be passed as LiveAccuracy(on_drift=flag)
+
+    def read(self) -> dict[str, Any] | None:
+        """The pending request (Redis first, then file), or None."""
+        raw = None
+        if self.redis is not None:
+            try:
+                raw = self.redis.get(self.key)
+            except Exception:  # Redis down must not stop a retrain run; the file may still say it
+                raw = None
+        if raw is None and self.path is not None and self.path.is_file():
+            raw = self.path.read_text(encoding="utf-8")
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {"reason": raw.decode() if isinstance(raw, bytes) else str(raw)}
+
+    def clear(self) -> None:
+        """Remove the flag from both places."""
+        if self.redis is not None:
+            try:
+                self.redis.delete(self.key)
+            except Exception:
+                pass
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+class ForecastTracker:
+    """Pairs each decision's forecast with the link's next state and feeds :class:`LiveAccuracy`.
+
+    The worker hook: after every micro-batch call ``tracker.update(valid_records,
+    decisions)``. A decision's last-value baseline is the bandwidth of its own state
+    (the newest row of its window). The next state must be ``seq + 1``; a gap drops
+    the pending forecast (there is no actual for the step it predicted). Memory: one
+    pending forecast per link.
+    """
+
+    def __init__(self, live: LiveAccuracy) -> None:
+        self.live = live
+        # link -> (seq, profile, forecast, last value)
+        self._pending: dict[str, tuple[int, str | None, float, float]] = {}
+        self.paired = 0
+
+    def update(self, records: Any, decisions: Any) -> list[DriftEvent]:
+        """Records (valid ``Telemetry``, batch order) and the batch's ``Decision``s; returns new drift events."""
+        dec = {(d.link_id, d.seq): d for d in decisions}
+        n_before = self.live.detections()
+        for r in records:
+            p = self._pending.get(r.link_id)
+            if p is not None and r.seq > p[0]:
+                del self._pending[r.link_id]
+                if r.seq == p[0] + 1:
+                    self.paired += 1
+                    self.live.observe(p[1], p[2], p[3], r.bandwidth_mbps)
+            d = dec.pop((r.link_id, r.seq), None)
+            if d is not None:
+                self._pending[r.link_id] = (d.seq, d.profile, d.predicted_bandwidth_mbps, r.bandwidth_mbps)
+        fired = self.live.detections() - n_before
+        return list(self.live.events[-fired:]) if fired else []

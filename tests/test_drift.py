@@ -1,0 +1,153 @@
+"""Drift detection on synthetic error streams, and the retrain flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.drift import CLIP, LiveAccuracy, RetrainFlag, relative_error
+
+
+def _stream(rng: np.random.Generator, n: int, model_sd: float, base_sd: float = 0.15):
+    actual = rng.uniform(50, 150, n)
+    forecast = actual * (1 + rng.normal(0, model_sd, n))
+    baseline = actual * (1 + rng.normal(0, base_sd, n))
+    return forecast, baseline, actual
+
+
+def test_relative_error_clips_and_handles_zero_and_nan():
+    assert relative_error(110.0, 100.0) == pytest.approx(0.1)
+    assert relative_error(5.0, 0.0) == CLIP  # actual 0: divides by the floor, then clipped
+    assert relative_error(float("nan"), 1.0) == CLIP
+    assert relative_error(0.0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_drift_no_detection(seed):
+    rng = np.random.default_rng(seed)
+    la = LiveAccuracy()
+    f, b, a = _stream(rng, 20_000, model_sd=0.10)
+    fired = [la.observe("internet", *x) for x in zip(f, b, a)]
+    assert not any(fired)
+    assert la.detections() == 0
+    assert la.stats()["internet"]["observed"] == 20_000
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_change_detected_quickly(seed):
+    rng = np.random.default_rng(seed)
+    events = []
+    la = LiveAccuracy(on_drift=events.append)
+    f, b, a = _stream(rng, 5_000, model_sd=0.10)
+    for x in zip(f, b, a):
+        assert not la.observe("datacenter", *x)
+    # the model now errs ~4x more than before (and ~3x more than last-value)
+    f2, b2, a2 = _stream(rng, 1_000, model_sd=0.50)
+    first = next((i for i, x in enumerate(zip(f2, b2, a2)) if la.observe("datacenter", *x)), None)
+    assert first is not None and first < 200, first
+    assert la.detections("datacenter") >= 1
+    assert events and events[0].profile == "datacenter"
+    assert events[0].recent_model_error > events[0].recent_baseline_error
+    assert "drift on profile datacenter" in events[0].reason
+
+
+def test_profiles_are_independent():
+    rng = np.random.default_rng(7)
+    la = LiveAccuracy()
+    f, b, a = _stream(rng, 3_000, model_sd=0.10)
+    for x in zip(f, b, a):
+        la.observe("datacenter", *x)
+        la.observe("internet", *x)
+    f2, b2, a2 = _stream(rng, 500, model_sd=0.60)
+    for x in zip(f2, b2, a2):
+        la.observe("internet", *x)
+    assert la.detections("internet") >= 1
+    assert la.detections("datacenter") == 0
+
+
+def test_model_getting_better_is_not_drift():
+    rng = np.random.default_rng(3)
+    la = LiveAccuracy()
+    f, b, a = _stream(rng, 3_000, model_sd=0.3)
+    for x in zip(f, b, a):
+        la.observe("internet", *x)
+    f2, b2, a2 = _stream(rng, 3_000, model_sd=0.02)
+    assert not any(la.observe("internet", *x) for x in zip(f2, b2, a2))
+
+
+def test_flag_file_roundtrip(tmp_path):
+    flag = RetrainFlag(model_dir=tmp_path)
+    assert flag.read() is None
+    rng = np.random.default_rng(0)
+    la = LiveAccuracy(on_drift=flag)
+    f, b, a = _stream(rng, 1_000, model_sd=0.1)
+    f2, b2, a2 = _stream(rng, 1_000, model_sd=0.8)
+    for x in list(zip(f, b, a)) + list(zip(f2, b2, a2)):
+        la.observe("internet", *x)
+    got = flag.read()
+    assert got is not None and got["profile"] == "internet" and "drift" in got["reason"]
+    flag.clear()
+    assert flag.read() is None
+
+
+@pytest.mark.integration
+def test_flag_redis_roundtrip(bwp_settings):
+    flag = RetrainFlag.from_settings(bwp_settings)
+    try:
+        flag.request("manual request")
+        raw = flag.redis.get(f"{bwp_settings.key_prefix}:retrain_requested")
+        assert raw is not None and b"manual request" in raw
+        assert flag.read()["reason"] == "manual request"
+        flag.clear()
+        assert flag.read() is None
+    finally:
+        flag.redis.close()
+
+
+def _dec(link, seq, forecast, profile="internet"):
+    from stream.records import Decision
+
+    return Decision.make(link, seq, seq * 1000, forecast, 4, 100.0, "v", 0, profile)
+
+
+def test_tracker_pairs_forecast_with_next_state_only():
+    from stream.drift import ForecastTracker
+    from stream.records import Telemetry
+
+    seen = []
+
+    class Spy(LiveAccuracy):
+        def observe(self, profile, forecast, baseline, actual):
+            seen.append((profile, forecast, baseline, actual))
+            return super().observe(profile, forecast, baseline, actual)
+
+    tr = ForecastTracker(Spy())
+
+    def t(link, seq, bw):
+        return Telemetry(link, seq, seq * 1000, 1.0, bw, 0.0, 1.0, "internet")
+
+    # batch 1: decision for a@10 (own bw 50 = last value), forecast 55
+    tr.update([t("a", 10, 50.0)], [_dec("a", 10, 55.0)])
+    # batch 2: a@11 arrives (actual 60) with its own decision; b has a gap after its decision
+    tr.update([t("a", 11, 60.0), t("b", 3, 5.0)], [_dec("a", 11, 61.0), _dec("b", 3, 6.0)])
+    tr.update([t("b", 5, 7.0), t("a", 11, 60.0), t("a", 12, 62.0)], [])
+    assert seen == [("internet", 55.0, 50.0, 60.0), ("internet", 61.0, 60.0, 62.0)]
+    assert tr.paired == 2
+
+
+def test_tracker_reports_drift_events():
+    from stream.drift import ForecastTracker
+    from stream.records import Telemetry
+
+    tr = ForecastTracker(LiveAccuracy())
+    rng = np.random.default_rng(1)
+    events = []
+    bw = 100.0
+    for seq in range(3000):
+        nxt = bw * (1 + rng.normal(0, 0.05))
+        err = 0.05 if seq < 1500 else 0.6  # the model breaks at step 1500
+        fc = nxt * (1 + rng.normal(0, err))
+        events += tr.update([Telemetry("a", seq, seq, 1.0, bw, 0.0, 1.0, "datacenter")], [_dec("a", seq, fc, "datacenter")])
+        bw = nxt
+    assert events and all(e.profile == "datacenter" for e in events)
+    assert 1500 < events[0].n_observed < 1700

@@ -1,0 +1,122 @@
+"""End to end: quick training -> registry -> predictor -> evaluation, on simulator data."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from fixtures_models import quick_model_dir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return quick_model_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    from ml.predict import load_predictor
+
+    return load_predictor(model_dir)
+
+
+def _sim_windows(n_links: int = 6, steps: int = 80, seed: int = 7) -> np.ndarray:
+    from ml.data import simulator_links, windows_of
+
+    w, _, _ = windows_of(simulator_links("mixed", n_links, steps, seed))
+    return w
+
+
+def test_metadata_has_metrics_and_data_description(model_dir):
+    from ml.registry import current_version, read_metadata
+
+    meta = read_metadata(model_dir)
+    assert meta["version"] == current_version(model_dir)
+    rep = meta["metrics"]["forecast_test"]
+    assert rep["n"] > 0 and set(rep["by_profile"]) == {"datacenter", "internet"}
+    assert np.isfinite(rep["predictors"]["lstm"]["mae"])
+    assert meta["training_data"]["seeds"] == {"train": 1, "val": 2, "test": 3}
+    assert 0 < meta["ewma_alpha"] <= 1
+    assert meta["lstm"]["history"]["epochs_run"] >= 1
+    json.dumps(meta)  # plain JSON
+
+
+def test_predictor_gives_finite_forecasts_and_valid_actions(predictor):
+    w = _sim_windows()
+    pred = predictor.predict(w)
+    assert pred.bandwidth_mbps.shape == pred.action.shape == pred.reference_bandwidth_mbps.shape == (len(w),)
+    assert np.isfinite(pred.bandwidth_mbps).all() and (pred.bandwidth_mbps >= 0).all()
+    assert pred.action.dtype.kind == "i" and pred.action.min() >= 0 and pred.action.max() <= 9
+    np.testing.assert_allclose(pred.reference_bandwidth_mbps, w[:, :, 1].max(axis=1))
+    # scale-free model: forecasts follow the link's level (datacenter Gbit/s vs internet Mbit/s)
+    ratio = pred.bandwidth_mbps / np.maximum(w[:, -1, 1], 1e-9)
+    assert np.median(ratio) == pytest.approx(1.0, abs=0.5)
+
+
+def test_predictor_batches_are_consistent_and_handle_edge_sizes(predictor):
+    w = _sim_windows()
+    full = predictor.predict(w).bandwidth_mbps
+    one = np.concatenate([predictor.predict(w[i : i + 1]).bandwidth_mbps for i in range(5)])
+    np.testing.assert_allclose(one, full[:5], rtol=1e-4)
+    empty = predictor.predict(np.zeros((0, 10, 4)))
+    assert empty.bandwidth_mbps.shape == (0,) and empty.action.shape == (0,)
+    big = predictor.predict(np.repeat(w[:1], 4100, axis=0))  # more than the largest bucket
+    assert big.bandwidth_mbps.shape == (4100,)
+    np.testing.assert_allclose(big.bandwidth_mbps, full[0], rtol=1e-4)
+    zero = np.zeros((2, 10, 4))  # outage window
+    z = predictor.predict(zero)
+    assert np.isfinite(z.bandwidth_mbps).all() and (z.reference_bandwidth_mbps == 0).all()
+    with pytest.raises(ValueError, match=r"\(N, 10, 4\)"):
+        predictor.predict(np.zeros((3, 9, 4)))
+
+
+def test_predictor_is_safe_from_several_threads(predictor):
+    w = _sim_windows()
+    expect = predictor.predict(w).bandwidth_mbps
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                np.testing.assert_allclose(predictor.predict(w).bandwidth_mbps, expect, rtol=1e-5)
+        except Exception as exc:  # collected for the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_collect_forecasts_on_records(model_dir):
+    from ml.evaluate import PREDICTORS, collect_forecasts, report
+    from simulator.generator import generate_records
+
+    recs = list(generate_records("internet", 3, 30, seed=7, start_ms=0))
+    fc = collect_forecasts(model_dir, None, recs)
+    assert len(fc["y_true"]) == 3 * 20
+    assert set(fc["y_pred"]) == set(PREDICTORS)
+    assert set(fc["profiles"].tolist()) == {"internet"}
+    rep = report(fc)
+    assert rep["n"] == 60 and np.isfinite(rep["predictors"]["lstm"]["mae"])
+
+
+def test_cli_models_and_evaluate(model_dir, capsys):
+    from stream.cli import main
+
+    assert main(["models", "list", "--model-dir", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "*" in out and "mixed quick" in out
+    assert main(["evaluate", "--model-dir", str(model_dir), "--profile", "internet", "--links", "2",
+                 "--steps", "40", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["n"] == 60 and set(rep["predictors"]["ewma"]) == {
+        "mae", "rmse", "mape", "smape", "within_2pct", "within_10pct"}
+    assert main(["models", "rollback", "--model-dir", str(model_dir)]) == 2  # nothing to roll back to
