@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qnet-variant", choices=("mlp", "bn"), default="mlp", help="Q-network variant")
     p.add_argument("--feature-mode", choices=("relative_mean", "relative_last", "log_absolute"), default=None,
                    help="feature transform (default: the shipped one, see docs/models.md)")
+    p.add_argument("--loss", choices=("mae", "mse", "huber"), default=None,
+                   help="LSTM training loss (default mae; the original design's mse is worse on real traces)")
     add_settings_flags(p, "--model-dir")
     p.set_defaults(func=_train)
 
@@ -110,6 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         qnet_variant=args.qnet_variant,
         feature_mode=args.feature_mode or DEFAULT_FEATURE_MODE,
+        lstm_loss=args.loss,
     )
     version = train(cfg)
     print(version)

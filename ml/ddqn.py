@@ -73,7 +73,7 @@ class DDQNConfig:
     @classmethod
     def quick(cls, **overrides: Any) -> "DDQNConfig":
         """A small run (well under 25 s on 2 cores) for demos and smoke tests."""
-        base = cls(episodes=48, episode_len=100, n_envs=16, learning_starts=500, eval_every=16, eval_episodes=8)
+        base = cls(episodes=160, episode_len=100, n_envs=16, learning_starts=500, eval_every=32, eval_episodes=8)
         return replace(base, **overrides)
 
     def __post_init__(self) -> None:
@@ -224,7 +224,7 @@ def train_ddqn(
 
     act_fn = lambda o: q_greedy(o).numpy()  # noqa: E731
     buf = ReplayBuffer(cfg.replay_size, OBS_DIM)
-    k = cfg.n_envs
+    k = min(cfg.n_envs, cfg.episodes)
     eps = cfg.epsilon_start
     # per parallel env: its episode (data, start, length) and position
     envs = [draw_episode() for _ in range(k)]
@@ -295,7 +295,7 @@ def train_ddqn(
             evaluate()
             next_eval = finished + cfg.eval_every
         if (t < 0).any():
-            # the tail: only finish running episodes; park finished ones on a dummy row
+            # the tail: no episodes left to start, drop the finished environments
             active = [i for i in range(k) if t[i] >= 0]
             if not active:
                 break

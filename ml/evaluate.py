@@ -163,7 +163,7 @@ def print_report(rep: dict[str, Any], as_json: bool, title: str = "") -> None:
 # --- real traces -----------------------------------------------------------------------
 
 #: Per-dataset LSTM budget of ``bwp evaluate-traces`` (all five datasets in ~10 min on 2 cores).
-TRACE_LSTM_SECONDS = 75.0
+TRACE_LSTM_SECONDS = 60.0
 TRACE_TRAIN_WINDOWS = 30_000
 
 

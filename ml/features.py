@@ -1,15 +1,18 @@
 """The scale-free feature transform shared by training and serving.
 
 Links differ in capacity by four orders of magnitude (10 Mbit/s .. 100 Gbit/s), so
-one model must not see absolute bandwidth. The default mode ``relative_mean``
-expresses every bandwidth in a window relative to the window's own level (its mean):
+one model must not see absolute bandwidth. The relative modes express every
+bandwidth in a window relative to the window's own level: its last sample
+(``relative_last``, the shipped default) or its mean (``relative_mean``):
 
-    x_bw   = log((bw + e) / (level + e)),   e = 0.01 * level + 1e-6
+    x_bw   = log((bw + e) / (level + e)),   e = 0.01 * mean(window bw) + 1e-6
     target = log((next_bw + e) / (level + e))
 
-``e`` scales with the level, so the transform is exactly scale-free for any link with
-a non-zero level, bounded (a zero sample inside a busy window gives about
-log(0.01) = -4.6, not -inf), and an all-zero window (outage) gives 0, not NaN.
+``e`` scales with the window mean, so the transform is exactly scale-free for any
+link with a non-zero mean and bounded: a zero sample inside a busy window gives
+about log(0.01) = -4.6, not -inf; a window whose *last* sample is zero still has a
+level + e of 1 % of the mean, so recovery after an outage can be forecast; an
+all-zero window (outage) gives 0, not NaN.
 Latency goes through ``log1p`` (it spans 0.05 ms .. seconds), packet loss and
 reliability stay as they are. Every channel and the target are then standardised
 with mean/std fitted on the training windows only and stored as JSON next to the
@@ -35,7 +38,7 @@ LAT = FEATURES.index("latency_ms")
 MODES = ("relative_mean", "relative_last", "log_absolute")
 _ABS_EPS = 1e-6
 _REL_EPS = 0.01
-PREPROCESSING_SCHEMA = 1
+PREPROCESSING_SCHEMA = 2  # 2: epsilon from the window mean in every relative mode
 
 
 def make_windows(series: np.ndarray, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +68,9 @@ def window_level(windows: np.ndarray, mode: str = "relative_mean") -> np.ndarray
     return bw.mean(axis=1)
 
 
-def _eps(level: np.ndarray) -> np.ndarray:
-    return _REL_EPS * level + _ABS_EPS
+def _eps(windows: np.ndarray) -> np.ndarray:
+    """The per-window epsilon, (N,): 1 % of the window's mean bandwidth (plus 1e-6)."""
+    return _REL_EPS * np.maximum(np.asarray(windows, dtype=np.float64)[:, :, BW], 0.0).mean(axis=1) + _ABS_EPS
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Preprocessor:
     stored statistics to any window (validation, test, serving).
     """
 
-    mode: str = "relative_mean"
+    mode: str = "relative_last"
     x_mean: list[float] = field(default_factory=lambda: [0.0] * len(FEATURES))
     x_std: list[float] = field(default_factory=lambda: [1.0] * len(FEATURES))
     y_mean: float = 0.0
@@ -98,8 +102,8 @@ class Preprocessor:
         if self.mode == "log_absolute":
             x[:, :, BW] = np.log1p(bw)
         else:
-            level = window_level(w, self.mode)
-            e = _eps(level)[:, None]
+            level = np.maximum(window_level(w, self.mode), 0.0)
+            e = _eps(w)[:, None]
             x[:, :, BW] = np.log((bw + e) / (level[:, None] + e))
         x[:, :, LAT] = np.log1p(np.maximum(w[:, :, LAT], 0.0))
         return x
@@ -108,8 +112,8 @@ class Preprocessor:
         nb = np.maximum(np.asarray(next_bw, dtype=np.float64), 0.0)
         if self.mode == "log_absolute":
             return np.log1p(nb)
-        level = window_level(windows, self.mode)
-        e = _eps(level)
+        level = np.maximum(window_level(windows, self.mode), 0.0)
+        e = _eps(windows)
         return np.log((nb + e) / (level + e))
 
     # --- public API ------------------------------------------------------------------
@@ -148,8 +152,8 @@ class Preprocessor:
         if self.mode == "log_absolute":
             out = np.expm1(z)
         else:
-            level = window_level(windows, self.mode)
-            e = _eps(level)
+            level = np.maximum(window_level(windows, self.mode), 0.0)
+            e = _eps(windows)
             out = np.exp(z) * (level + e) - e
         return np.maximum(out, 0.0)
 

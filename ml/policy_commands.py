@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulator episodes (a seed range never used for training) or on telemetry JSONL files. "
         "normalized_score = (R_ddqn - R_fixed50) / (R_oracle - R_fixed50).",
     )
-    p.add_argument("--profile", default="mixed", help="simulator profile (datacenter, internet, mixed; default mixed)")
+    p.add_argument("--profile", default="mixed", choices=("datacenter", "internet", "mixed"), help="simulator profile (default mixed)")
     p.add_argument("--episodes", type=int, default=20, help="held-out episodes = simulator links (default 20)")
     p.add_argument("--episode-len", type=int, default=200, help="decisions per episode (default 200)")
     p.add_argument("--seed", type=int, default=0, help="selects the held-out simulator seed (default 0)")
@@ -39,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--out", required=True, type=Path, help="output directory")
     r.add_argument("--model", default=None, metavar="VERSION", help="registry version (default: current)")
-    r.add_argument("--profile", nargs="+", default=["datacenter", "internet"], help="simulator profiles to evaluate on")
+    r.add_argument("--profile", nargs="+", default=["datacenter", "internet"], choices=("datacenter", "internet", "mixed"),
+                   help="simulator profiles to evaluate on (default datacenter internet)")
     r.add_argument("--links", type=int, default=8, help="held-out links per profile (default 8)")
     r.add_argument("--steps", type=int, default=300, help="steps per held-out link (default 300)")
     r.add_argument("--seed", type=int, default=0, help="held-out simulator seed selector (default 0)")

@@ -113,7 +113,9 @@ def plot_policy_scores(path: Path, results: dict[str, dict[str, Any]]) -> None:
     ax.set_xticks(np.arange(len(profs)) + 0.4 - width / 2, profs)
     ax.set_ylabel("mean reward per step")
     ax.axhline(0, color="black", lw=0.6)
-    ax.legend(fontsize=8, ncol=3)
+    lo = min(0.0, min((results[p]["mean_reward"][k] or 0.0) for p in profs for k in keys))
+    ax.set_ylim(lo, 1.25)  # headroom for the legend above the bars
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -39,7 +39,7 @@ from ml.lstm import LSTMConfig, train_lstm
 
 Progress = Callable[[str], None]
 #: Feature mode shipped by default (docs/models.md has the measured comparison).
-DEFAULT_FEATURE_MODE = "relative_mean"
+DEFAULT_FEATURE_MODE = "relative_last"
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 0
     qnet_variant: str = "mlp"
     feature_mode: str = DEFAULT_FEATURE_MODE
+    lstm_loss: str | None = None  # overrides lstm.loss ("mae" default, "mse" = the original design)
     lstm: LSTMConfig | None = None
     sim: SimSizes | None = None
     ddqn: Any = None  # ml.ddqn.DDQNConfig; None = default (or quick)
@@ -83,11 +84,14 @@ class TrainConfig:
         """A copy with the quick/default sub-configs filled in."""
         from dataclasses import replace
 
+        lstm = self.lstm or (LSTMConfig.quick() if self.quick else LSTMConfig(time_budget_s=330))
+        if self.lstm_loss:
+            lstm = replace(lstm, loss=self.lstm_loss)
         return replace(
             self,
             model_dir=Path(self.model_dir),
             data=[Path(p) for p in self.data],
-            lstm=self.lstm or (LSTMConfig.quick() if self.quick else LSTMConfig(time_budget_s=330)),
+            lstm=lstm,
             sim=self.sim or (SimSizes.quick() if self.quick else SimSizes()),
         )
 

@@ -89,9 +89,10 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from stream.replay import namespaced
     from stream.worker import run_worker, worker_overrides
 
-    settings = settings_from_args(args, **worker_overrides(args))
+    settings = namespaced(settings_from_args(args, **worker_overrides(args)), args.namespace)
     return run_worker(settings, args.model_version, args.metrics_port)
 
 

@@ -158,6 +158,10 @@ def _register_retrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--fail-if-not-promoted", action="store_true", help="exit 1 when the candidate is not promoted")
     p.add_argument("--ignore-flag", action="store_true", help="do not read/clear the retrain-requested flag")
+    p.add_argument(
+        "--only-if-requested", action="store_true",
+        help="do nothing (exit 0) unless the retrain-requested flag is set (for a frequent cron line)",
+    )  # fmt: skip
     add_settings_flags(p, "--model-dir", "--redis-url")
     p.set_defaults(func=_retrain)
 
@@ -166,6 +170,17 @@ def _retrain(args: argparse.Namespace) -> int:
     from ml.retrain import RetrainConfig, parse_duration, run_retrain
 
     settings = settings_from_args(args)
+    if args.only_if_requested:
+        from stream.drift import RetrainFlag
+
+        flag = RetrainFlag.from_settings(settings)
+        try:
+            requested = flag.read()
+        finally:
+            flag.redis.close()
+        if requested is None:
+            print(json.dumps({"skipped": True, "reason": "no retrain requested"}))
+            return 0
     cfg = RetrainConfig(
         data=[str(p) for p in args.data],
         model_dir=settings.model_dir,

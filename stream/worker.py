@@ -339,11 +339,100 @@ def _patch_fetch_wait() -> None:
     cls._bwp_patched = True
 
 
+#: Channel queues of the running take_batches() loops (one per worker process).
+_BATCH_QUEUES: list[Any] = []
+
+
+def _patch_drain() -> None:
+    """Faust's fetch loop with a cheaper hand-off of each message to its stream.
+
+    ``Consumer._drain_messages`` hands every message over with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())``: two tasks and an
+    ``asyncio.wait`` per record, so that a callback blocked on a full (or paused) stream
+    queue cannot hold up a rebalance. When the flow is active and our stream's queue has
+    room, the callback cannot block, so it is awaited directly; otherwise (rebalance, full
+    buffer, unknown queue) Faust's original hand-off is used. Everything else is Faust's loop.
+    """
+    from faust.transport import consumer as fc
+
+    cls = fc.Consumer
+    if getattr(cls, "_bwp_drain_patched", False):
+        return
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - exercised by the worker
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        flag_consumer_fetching = fc.CONSUMER_FETCHING
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        flow_active = self.app.flow_control.is_active
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+
+        def can_block() -> bool:
+            if not flow_active() or not _BATCH_QUEUES:
+                return True
+            return any(q.maxsize and q.qsize() >= q.maxsize - 1 for q in _BATCH_QUEUES)
+
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(flag_consumer_fetching)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset:
+                                if acks_enabled_for(message.topic):
+                                    await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None:
+                                if self._n_acked >= commit_every:
+                                    self._n_acked = 0
+                                    await self.commit()
+                            if can_block():
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            else:
+                                await callback(message)
+                            set_read_offset(tp, offset)
+                    unset_flag(flag_consumer_fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(flag_consumer_fetching)
+
+    cls._drain_messages = _drain_messages
+    cls._bwp_drain_patched = True
+
+
 def make_app(settings: Settings) -> Any:
     """The Faust app: group = ``settings.consumer_group``, raw bytes in, no tables, no web server."""
     import faust
 
     _patch_fetch_wait()
+    _patch_drain()
 
     datadir = settings.state_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
@@ -439,6 +528,8 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
     stream.enable_acks = False
     stream.add_processor(add_to_buffer)
     stream._enable_passive(channel_it)  # noqa: SLF001 - exactly what take_events does
+    if queue is not None:
+        _BATCH_QUEUES.append(queue)
     try:
         while not stream.should_stop:
             await stream.wait_for_stopped(buffer_full, timeout=within)
@@ -454,6 +545,8 @@ async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[l
                     buffer_full.clear()
                     buffer_consumed.set()
     finally:
+        if queue is not None and queue in _BATCH_QUEUES:
+            _BATCH_QUEUES.remove(queue)
         stream.enable_acks = stream_enable_acks
         stream._processors.remove(add_to_buffer)  # noqa: SLF001
 
@@ -667,7 +760,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_settings_flags(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from_args(args, **worker_overrides(args))
+    from stream.replay import namespaced
+
+    settings = namespaced(settings_from_args(args, **worker_overrides(args)), args.namespace)
     return run_worker(settings, args.model_version, args.metrics_port, args.predictor_factory)
 
 
@@ -678,6 +773,10 @@ def add_worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default=None, help="consumer group (env BWP_CONSUMER_GROUP, default bwp-worker)")
     p.add_argument("--batch-max", type=int, default=None, help="largest micro-batch (env BWP_BATCH_MAX, default 2048)")
     p.add_argument("--key-prefix", default=None, help="Redis key prefix (env BWP_KEY_PREFIX, default bwp)")
+    p.add_argument(
+        "--namespace", default=None,
+        help="replay namespace NAME: topics NAME.<topic>, group NAME.<group>, Redis prefix NAME:<prefix> (see bwp replay)",
+    )  # fmt: skip
 
 
 def worker_overrides(args: argparse.Namespace) -> dict[str, Any]:

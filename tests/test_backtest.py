@@ -13,7 +13,7 @@ from stream.backtest import MemoryWindowStore, backtest, run_pipeline
 from stream.jsonl import write_jsonl
 from stream.records import Decision, Telemetry
 from stream.window import Outcome
-from tests.pipeline_helpers import STAND_IN, LastValuePredictor, TopicReader, WorkerProcess
+from pipeline_helpers import STAND_IN, LastValuePredictor, TopicReader, WorkerProcess
 
 T0 = 1_764_000_000_000
 
@@ -157,12 +157,11 @@ def test_replay_through_kafka_gives_the_backtest_decisions(bwp_settings, tmp_pat
 
 
 @pytest.mark.slow
-def test_backtest_cli_with_a_trained_model(tmp_path, tmp_path_factory, capsys):
+def test_backtest_cli_with_a_trained_model(tmp_path, trained_model_dir, capsys):
     from stream.cli import main
-    from tests.fixtures_models import quick_model_dir
 
     _fleet_files(tmp_path, links=4, steps=30)
-    model_dir = quick_model_dir(tmp_path_factory)
+    model_dir = trained_model_dir
     t = time.monotonic()
     rc = main(["backtest", str(tmp_path / "d"), "--json", "--model-dir", str(model_dir),
                "--decisions-out", str(tmp_path / "dec.jsonl")])  # fmt: skip

@@ -116,8 +116,8 @@ def test_train_ddqn_smoke(variant: str) -> None:
 def test_train_ddqn_learns_a_simple_rule() -> None:
     """Constant bandwidth at 55 % of the window peak: the best action is 50 % (reward 0.909).
 
-    A few hundred gradient steps must find it; a network that learned nothing scores
-    far lower (random actions average below 0).
+    A few hundred gradient steps must find it (fixed 50 % scores 0.868 here; most
+    other single actions score far lower).
     """
     rng = np.random.default_rng(0)
     series = []
@@ -128,4 +128,5 @@ def test_train_ddqn_learns_a_simple_rule() -> None:
         series.append(np.stack([np.full(150, 10.0), bw, np.zeros(150), np.ones(150)], axis=1))
     cfg = DDQNConfig(episodes=24, episode_len=60, n_envs=8, learning_starts=200, gamma=0.0, eval_every=8, eval_episodes=4)
     model, hist = train_ddqn(series, last_value_forecast, cfg, seed=0)
-    assert hist["best_greedy_reward"] > 0.8
+    assert hist["final_greedy_reward"] > 0.8
+    assert hist["greedy_eval"][0]["mean_reward"] < hist["final_greedy_reward"]  # the untrained network did worse

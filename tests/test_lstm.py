@@ -162,3 +162,13 @@ def test_lstm_has_the_designed_architecture():
     assert units == [128, 64, 32, 16, 8, 1]
     rates = [layer.rate for layer in m.layers if type(layer).__name__ == "Dropout"]
     assert rates == [0.2, 0.2, 0.2, 0.3]
+
+
+def test_window_ending_in_an_outage_can_still_forecast_recovery():
+    w = np.ones((1, 10, 4))
+    w[0, :, BW] = [100.0] * 9 + [0.0]
+    pre = Preprocessor("relative_last")
+    z = pre._raw_y(w, np.array([100.0]))[0]
+    assert np.isfinite(z) and z < 6  # log((100 + 1) / (0 + 1)) with e = 1 % of the mean (91.0 * 0.01)
+    back = pre.inverse_target(np.array([z]), w)  # y_mean 0, y_std 1
+    assert back[0] == pytest.approx(100.0, rel=1e-6)

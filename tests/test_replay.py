@@ -133,7 +133,7 @@ def test_replay_nothing_in_range(tmp_path):
 def test_replay_cli_into_a_namespace(bwp_settings, tmp_path):
     from stream.cli import main
     from stream.replay import namespaced
-    from tests.pipeline_helpers import TopicReader
+    from pipeline_helpers import TopicReader
 
     recs = [rec(f"lk-{k}", s, T0 + s * 1000, bw=float(s)) for s in range(20) for k in range(5)]
     write_jsonl(tmp_path / "r.jsonl.gz", recs)
@@ -158,9 +158,29 @@ def test_replay_cli_into_a_namespace(bwp_settings, tmp_path):
     for lid, items in by_link.items():
         assert len({p for p, _ in items}) == 1  # one link, one partition
         assert [s for _, s in items] == list(range(20))  # per-link order kept
-    # the live topic got nothing
-    live = TopicReader(bwp_settings, bwp_settings.telemetry_topic, partitions=bwp_settings.partitions)
+    # a worker in the same namespace decides on them without touching the live topics or keys
+    import redis
+
+    from pipeline_helpers import WorkerProcess
+
+    worker = WorkerProcess(bwp_settings, tmp_path / "worker.log", extra=["--namespace", "rp1"]).start()
+    dec = TopicReader(ns, ns.decisions_topic, partitions=bwp_settings.partitions)
     try:
-        assert live.drain(1.0) == []
+        got = dec.poll_until(lambda m: len(m) >= 5 * 11 or not worker.alive(), timeout_s=60)
+        assert len(dec.drain(0.5)) == 5 * 11, worker.log_tail()  # 20 states - 9 to fill a window, 5 links
     finally:
-        live.close()
+        dec.close()
+        worker.stop()
+    assert {json.loads(m.value())["link_id"] for m in got} == {f"lk-{k}" for k in range(5)}
+    r = redis.Redis.from_url(bwp_settings.redis_url)
+    try:
+        keys = [k.decode() for k in r.keys("*")]
+    finally:
+        r.close()
+    assert keys and all(k.startswith("rp1:bwp:") for k in keys), keys
+    for topic in (bwp_settings.telemetry_topic, bwp_settings.decisions_topic):
+        live = TopicReader(bwp_settings, topic, partitions=bwp_settings.partitions)
+        try:
+            assert live.drain(0.5) == []
+        finally:
+            live.close()

@@ -180,17 +180,16 @@ def _try_lock(path) -> str:
 
 
 @pytest.mark.slow
-def test_retrain_quick_end_to_end(tmp_path, tmp_path_factory):
+def test_retrain_quick_end_to_end(tmp_path, trained_model_dir):
     """Quick candidate on a tiny recording vs a current model; report, flag and registry checked."""
     from ml import registry
     from ml.ddqn import DDQNConfig
     from ml.lstm import LSTMConfig
     from ml.retrain import run_retrain
     from stream.drift import RetrainFlag
-    from tests.fixtures_models import quick_model_dir
 
     model_dir = tmp_path / "models"
-    shutil.copytree(quick_model_dir(tmp_path_factory), model_dir)
+    shutil.copytree(trained_model_dir, model_dir)  # a copy: the shared registry stays as it is
     current = registry.current_version(model_dir)
     assert current is not None
     d, _ = _recording(tmp_path, days=2.0, links=6, step_ms=600_000, seed=11)
@@ -277,3 +276,22 @@ def test_windows_never_span_a_gap_in_seq(tmp_path):
         i = next(i for i in range(len(bw)) if bw[i : i + ls.steps] == ls.data[:, 1].tolist())
         assert seqs[i + ls.steps - 1] - seqs[i] == ls.steps - 1
     assert len({ls.ts_range_ms for ls in data.val}) == 2 * len(data.info["val_links"])  # two runs per link
+
+
+def test_cli_only_if_requested_and_failure_report(tmp_path, capsys):
+    from stream.cli import main
+    from stream.drift import RetrainFlag
+    from stream.stack import free_port
+
+    models = tmp_path / "models"
+    common = ["retrain", "--data", str(tmp_path / "none"), "--model-dir", str(models),
+              "--redis-url", f"redis://127.0.0.1:{free_port()}/0"]  # fmt: skip
+    assert main(common + ["--only-if-requested"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] is True
+    assert not (models / "retrain-reports").exists()
+    RetrainFlag(models).request("drift on profile internet")
+    assert main(common + ["--only-if-requested"]) == 2  # it ran, and failed: no data
+    (report,) = (models / "retrain-reports").glob("*.json")
+    rep = json.loads(report.read_text())
+    assert "does not exist" in rep["error"] and rep["requested"]["reason"] == "drift on profile internet"
+    assert RetrainFlag(models).read() is not None  # a failed run leaves the request for the next one

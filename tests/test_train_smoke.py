@@ -120,3 +120,34 @@ def test_cli_models_and_evaluate(model_dir, capsys):
     assert rep["n"] == 60 and set(rep["predictors"]["ewma"]) == {
         "mae", "rmse", "mape", "smape", "within_2pct", "within_10pct"}
     assert main(["models", "rollback", "--model-dir", str(model_dir)]) == 2  # nothing to roll back to
+
+
+def test_predict_never_retraces_after_warm_up(predictor):
+    from ml.predict import BUCKETS
+
+    before = (predictor._forecast_fn.experimental_get_tracing_count(),
+              predictor._policy_fn.experimental_get_tracing_count())
+    assert before == (len(BUCKETS), len(BUCKETS))  # one trace per bucket, done at load
+    w = _sim_windows()
+    for n in (1, 2, 7, 9, 63, 100, 300, 1000, 5000):
+        predictor.predict(np.resize(w, (n, 10, 4)))
+    after = (predictor._forecast_fn.experimental_get_tracing_count(),
+             predictor._policy_fn.experimental_get_tracing_count())
+    assert after == before
+
+
+def test_serving_import_does_not_pull_in_training_code(model_dir):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from ml.predict import load_predictor\n"
+        f"p = load_predictor({str(model_dir)!r})\n"
+        "p.predict(np.ones((2, 10, 4)))\n"
+        "bad = sorted(m for m in ('ml.train', 'ml.ddqn', 'ml.env', 'ml.lstm', 'ml.evaluate') if m in sys.modules)\n"
+        "print('TRAINING_MODULES', bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TRAINING_MODULES []" in out.stdout

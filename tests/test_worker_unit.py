@@ -211,3 +211,4 @@ def test_decision_payloads_are_schema_valid(bwp_settings):
     assert len(out.decisions) == 2
     for d in out.decisions:
         jsonschema.validate(json.loads(d.to_bytes()), schema)
+
