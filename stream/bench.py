@@ -305,18 +305,23 @@ def _latency(sim, pub, collector, links, seconds, rate, base, quiet) -> dict[str
     with collector.lock:
         ds = list(collector.decisions[base:])
         recv = list(collector.recv_ms[base:])
-    lat, e2e = [], []
+    lat, e2e, decided = [], [], []
     for d, rcv in zip(ds, recv):
         p = clock.produced_ms(d["seq"], d["link_id"])
         if p is not None:
             lat.append(d["decided_at_ms"] - p)
             e2e.append(rcv - p)
+            decided.append(d["decided_at_ms"])
     lat_a, e2e_a = np.array(lat, dtype=np.float64), np.array(e2e, dtype=np.float64)
+    # What the worker sustained: the phase's states over first produce -> last decision
+    # (== the publish rate when it kept up, lower when a backlog built up).
+    first_ms = min(clock.times.values()) if clock.times else 0
+    span_s = (max(decided) - first_ms) / 1000 if decided else 0.0
     return {
         "mode": "latency",
         "rate_target": rate,
         "rate_published": round(achieved),
-        "states_per_s": round(achieved) if len(lat) >= n_steps * links else None,
+        "states_per_s": round(done / span_s) if span_s > 0 and len(lat) >= n_steps * links else None,
         "decisions": len(lat),
         "expected_decisions": n_steps * links,
         "latency_ms": {"p50": _pct(lat_a, 50), "p99": _pct(lat_a, 99), "max": _pct(lat_a, 100)},
