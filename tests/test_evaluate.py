@@ -101,3 +101,20 @@ def test_real_trace_split_is_by_whole_trace(traces_root):
     assert sum(map(len, ids)) == len(links) and abs(len(test) / len(links) - 0.3) < 0.02
     w, y, _ = windows_of(test)
     assert len(y) == sum(ls.steps - 10 for ls in test) and np.isfinite(w).all()
+
+
+@pytest.mark.slow
+@pytest.mark.traces
+def test_evaluate_traces_quick_on_one_dataset(traces_root):
+    from ml.evaluate import evaluate_traces, format_traces
+
+    res = evaluate_traces(["5gophers-umn"], quick=True, seed=0, root=traces_root, progress=lambda s: None)
+    rep = res["datasets"]["5gophers-umn"]
+    from ml.data import trace_links
+
+    steps = {ls.link_id: ls.steps for ls in trace_links("5gophers-umn", traces_root)}
+    assert rep["traces"]["test"] == len(rep["test_traces"]) > 0
+    assert rep["n"] == sum(steps[t] - 10 for t in rep["test_traces"])  # every state after the first window
+    assert set(rep["predictors"]) == set(PREDICTORS)
+    assert np.isfinite(rep["predictors"]["lstm"]["mae"]) and rep["best_baseline"] in PREDICTORS[1:]
+    assert "5gophers-umn" in format_traces(res)
