@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 #: Accepted states kept per link: the window plus slack, so that a state redelivered
 #: after a crash can still get its own window rebuilt.
 KEEP = WINDOW + 16
+#: Most new states of one link the worker sends to Redis before their decisions are
+#: acknowledged. The oldest of them must still have its 9 predecessors among the KEEP
+#: stored states after a crash (or a retried round trip) for its window to be rebuilt:
+#: n + WINDOW - 1 <= KEEP.
+MAX_UNACKED_PER_LINK = KEEP - WINDOW + 1
 SEQ_DIGITS = 20
 _FEATS = struct.Struct("<4d")
 ENTRY_BYTES = SEQ_DIGITS + _FEATS.size
@@ -106,6 +111,23 @@ if (not ack) or ARGV[1] > ack then
 end
 return 0
 """
+
+
+def split_per_link(records: Sequence[Telemetry], limit: int = MAX_UNACKED_PER_LINK) -> list[list[Telemetry]]:
+    """Cut ``records`` into contiguous chunks holding at most ``limit`` states of any one link."""
+    chunks: list[list[Telemetry]] = []
+    cur: list[Telemetry] = []
+    counts: dict[str, int] = {}
+    for r in records:
+        n = counts.get(r.link_id, 0)
+        if n >= limit:
+            chunks.append(cur)
+            cur, counts, n = [], {}, 0
+        cur.append(r)
+        counts[r.link_id] = n + 1
+    if cur:
+        chunks.append(cur)
+    return chunks
 
 
 def pad_seq(seq: int) -> bytes:

@@ -36,7 +36,7 @@ from stream.errors import ConfigError, TelemetryDecodeError
 from stream.metrics import WorkerMetrics
 from stream.records import N_ACTIONS, Decision, Telemetry, dlq_headers
 from stream.settings import Settings
-from stream.window import Outcome, WindowStore, retry_forever
+from stream.window import Outcome, WindowStore, retry_forever, split_per_link
 
 log = logging.getLogger("bwp.worker")
 
@@ -116,14 +116,39 @@ class PipelineCore:
         self.metrics.set_model(predictor.version)
 
     async def process(self, batch: Sequence[InRecord]) -> BatchOutput:
-        """Decode, update windows, predict. Retries Redis and the predictor until they work."""
-        m = self.metrics
+        """Decode, update windows, predict - the whole batch as one chunk (tests, replays).
+
+        The Kafka worker uses :meth:`run`, which also bounds the unacknowledged states per link.
+        """
         predictor = self.predictor  # read once: a reload applies to whole batches
         out = BatchOutput(model_version=predictor.version)
+        good = self._decode(batch, out)
+        await self._decide(good, predictor, out)
+        return out
+
+    async def run(self, batch: Sequence[InRecord], publish: Callable[[BatchOutput], Any]) -> None:
+        """Process a micro-batch end to end: decode, then per chunk window update, predict,
+        ``await publish(out)`` (must return only once the broker acknowledged everything),
+        and :meth:`confirm`.
+
+        Chunks hold at most ``MAX_UNACKED_PER_LINK`` states of any link, so a crash (or a
+        retried Redis round trip) never leaves more unacknowledged states of a link than
+        the window store can rebuild decisions for.
+        """
+        predictor = self.predictor  # read once: a reload applies to whole batches
+        first = BatchOutput(model_version=predictor.version)
+        good = self._decode(batch, first)
+        for i, chunk in enumerate(split_per_link(good) or [[]]):
+            out = first if i == 0 else BatchOutput(model_version=predictor.version)
+            await self._decide(chunk, predictor, out)
+            await publish(out)
+            await self.confirm(out)
+
+    def _decode(self, batch: Sequence[InRecord], out: BatchOutput) -> list[Telemetry]:
+        """Valid records in order; invalid ones become dead letters (original bytes) in ``out``."""
+        m = self.metrics
         m.records_consumed.inc(len(batch))
         m.batch_records.observe(len(batch))
-
-        # 1. decode + validate; invalid -> dead letter with the original bytes
         t0 = time.perf_counter()
         good: list[Telemetry] = []
         for rec in batch:
@@ -133,10 +158,14 @@ class PipelineCore:
                 hdrs = dlq_headers(exc.code, exc.message, rec.topic, rec.partition, rec.offset)
                 out.dead_letters.append((rec.value, rec.key, hdrs))
         out.valid = len(good)
-        t1 = time.perf_counter()
-        m.stage_seconds.labels("decode").observe(t1 - t0)
+        m.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
+        return good
 
-        # 2. windows: one atomic script call per record, one round trip
+    async def _decide(self, good: list[Telemetry], predictor: Predictor, out: BatchOutput) -> None:
+        """Window updates (retried until Redis answers) and one batched predict for ``good``."""
+        m = self.metrics
+        t1 = time.perf_counter()
+        # one atomic script call per record, one round trip
         updates = await retry_forever(
             "redis window update", lambda: self.store.update(good), first_s=self.backoff[0], cap_s=self.backoff[1],
             on_error=lambda exc: m.redis_errors.inc(),
@@ -164,7 +193,7 @@ class PipelineCore:
             else:
                 out.stale += 1
 
-        # 3. one batched predict over every full window of the batch, off the event loop
+        # one batched predict over every full window, off the event loop
         if windows:
             x = np.stack(windows)  # (n, WINDOW, 4)
             pred = await self._predict(predictor, x)
@@ -178,7 +207,6 @@ class PipelineCore:
                 for r, b, a, f in zip(owed, bw.tolist(), act.tolist(), ref.tolist())
             ]
         m.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
-        return out
 
     async def _predict(self, predictor: Predictor, x: np.ndarray) -> PredictionLike:
         loop = asyncio.get_running_loop()
@@ -319,7 +347,7 @@ def _faust_credentials(settings: Settings) -> Any:
 #: Longest time the broker may hold a fetch when no data is there. Faust hard-codes
 #: 1500 ms; a broker that answers a parked fetch only at this deadline (tansu does, as
 #: measured with `bwp bench pipeline --rate`) turns it into end-to-end latency.
-FETCH_MAX_WAIT_MS = 50
+FETCH_MAX_WAIT_MS = 10
 
 
 def _patch_fetch_wait() -> None:
@@ -592,11 +620,7 @@ class KafkaWorker:
                 InRecord(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
                 for e in events
             ]
-            out = await self.core.process(batch)
-            t0 = time.perf_counter()
-            await self.publisher.publish(out)
-            self.metrics.stage_seconds.labels("produce").observe(time.perf_counter() - t0)
-            await self.core.confirm(out)
+            await self.core.run(batch, self._publish)
             self.batches += 1
         except BaseException as exc:
             # Shutdown (or a bug) mid-batch: take_events acks the batch's events when
@@ -614,6 +638,11 @@ class KafkaWorker:
             log.critical("unexpected error in a micro-batch, exiting (code 70) for a clean restart", exc_info=True)
             logging.shutdown()
             os._exit(70)
+
+    async def _publish(self, out: BatchOutput) -> None:
+        t0 = time.perf_counter()
+        await self.publisher.publish(out)
+        self.metrics.stage_seconds.labels("produce").observe(time.perf_counter() - t0)
 
     def _update_lag(self) -> None:
         try:
