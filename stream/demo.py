@@ -248,6 +248,8 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
                 time.sleep(1.0)
         stop.set()
         publisher_thread.join(15)
+        with state.lock:
+            state.published = pub.produced + bad_pub.produced  # incl. a last partial step and the injected
         # let the worker finish what is in flight, bounded
         end = time.monotonic() + 10
         while time.monotonic() < end:
@@ -313,7 +315,8 @@ def _wait_worker(worker: Any, port: int, timeout_s: float) -> None:
     while time.monotonic() < end:
         if not worker.alive():
             raise StackError(f"the worker exited ({worker.proc.returncode}); log tail:\n{worker.log_tail()}")
-        if worker_metrics(port):
+        # the lag gauge appears once partitions are assigned: the worker is consuming
+        if "bwp_consumer_lag_records" in worker_metrics(port):
             return
         time.sleep(0.3)
     raise StackError(f"the worker did not come up within {timeout_s:.0f} s; log tail:\n{worker.log_tail()}")
@@ -323,7 +326,7 @@ def _summary(console: Any, state: DemoState, links: int, m: dict[str, float]) ->
     with state.lock:
         lat = np.array(state.latencies_ms, dtype=float)
         console.print("\n[bold]summary[/]")
-        console.print(f"  links {links}, states published {state.published:,}, states processed by the worker "
+        console.print(f"  links {links}, records published {state.published:,}, records consumed by the worker "
                       f"{m.get('bwp_records_consumed_total', float('nan')):,.0f}")  # fmt: skip
         console.print(f"  decisions {state.decisions:,} (expected about {_expected(state.published, links):,}: "
                       "one per state once a link has 10)")  # fmt: skip

@@ -16,6 +16,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # End-to-end latency target is p99 <= 100 ms; keep resolution around it, tail to minutes.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Live forecast errors: Mbit/s from sub-1 (cellular) to hundreds (datacenter); relative errors clip at 2.
+_ABS_ERR_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+_REL_ERR_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4000, 8000)
 
 STAGES = ("decode", "redis", "predict", "produce", "ack")
@@ -42,6 +45,10 @@ class WorkerMetrics:
     last_record_timestamp: Gauge
     consumer_lag: Gauge  # partition
     info: Info
+    # live accuracy (stream/live.py): forecast vs the link's next state, per predictor and profile
+    live_abs_error: Histogram  # predictor: lstm | last_value, profile
+    live_rel_error: Histogram  # predictor, profile
+    drift_detections: Counter  # profile
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "WorkerMetrics":
@@ -99,6 +106,21 @@ class WorkerMetrics:
                 ["partition"], registry=r,
             ),
             info=Info("bwp_worker", "Static worker information.", registry=r),
+            live_abs_error=Histogram(
+                "bwp_live_abs_error_mbps",
+                "|forecast - actual| of each scored forecast (actual = the link's next state), by predictor "
+                "(lstm, last_value) and profile.", ["predictor", "profile"], buckets=_ABS_ERR_BUCKETS, registry=r,
+            ),
+            live_rel_error=Histogram(
+                "bwp_live_rel_error",
+                "min(2, |forecast - actual| / max(actual, 0.001 Mbit/s)) of each scored forecast, by predictor "
+                "and profile.", ["predictor", "profile"], buckets=_REL_ERR_BUCKETS, registry=r,
+            ),
+            drift_detections=Counter(
+                "bwp_drift_detections",
+                "Page-Hinkley drift detections on the model's relative error minus last-value's, by profile.",
+                ["profile"], registry=r,
+            ),
         )  # fmt: skip
 
     def set_model(self, version: str) -> None:

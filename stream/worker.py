@@ -109,6 +109,9 @@ class PipelineCore:
         self.backoff = (backoff_first_s, backoff_cap_s)
         self.predictor = predictor
         self.metrics.set_model(predictor.version)
+        #: ``f(valid_records, out)`` after each chunk (in :meth:`run`: once its decisions are
+        #: acknowledged); used for live accuracy (stream/live.py). Must not raise.
+        self.observers: list[Callable[[list[Telemetry], BatchOutput], None]] = []
 
     def set_predictor(self, predictor: Predictor) -> None:
         """Swap the model; takes effect at the next micro-batch."""
@@ -124,6 +127,8 @@ class PipelineCore:
         out = BatchOutput(model_version=predictor.version)
         good = self._decode(batch, out)
         await self._decide(good, predictor, out)
+        for f in self.observers:
+            f(good, out)
         return out
 
     async def run(self, batch: Sequence[InRecord], publish: Callable[[BatchOutput], Any]) -> None:
@@ -143,6 +148,8 @@ class PipelineCore:
             await self._decide(chunk, predictor, out)
             await publish(out)
             await self.confirm(out)
+            for f in self.observers:
+                f(chunk, out)
 
     def _decode(self, batch: Sequence[InRecord], out: BatchOutput) -> list[Telemetry]:
         """Valid records in order; invalid ones become dead letters (original bytes) in ``out``."""
@@ -770,6 +777,12 @@ def run_worker(
     port = settings.metrics_port if metrics_port is None else metrics_port
     metrics.serve(port)
     w = KafkaWorker(settings, predictor, metrics)
+    from stream.live import attach_live_accuracy
+    from stream.reload import attach_reloader
+
+    attach_live_accuracy(w.core, settings, metrics)
+    if model_version is None and not predictor_factory:  # --model-version pins: no hot reload
+        attach_reloader(w.app, w.core, settings, metrics)
     print(
         f"bwp worker: group {settings.consumer_group}, {settings.telemetry_topic} -> {settings.decisions_topic}, "
         f"model {predictor.version}" + (f", metrics on :{port}/metrics" if port else ""),

@@ -127,6 +127,21 @@ def panels() -> list[dict[str, Any]]:
         timeseries("Time since last processed batch", [
             (f"time() - max by (instance) (bwp_last_record_processed_timestamp_seconds{{{SEL}}})", "{{instance}}"),
         ], "s", "Seconds since each worker finished a micro-batch; grows when input stops or a worker hangs."),
+        timeseries("Live accuracy: model vs last value (mean relative error)", [
+            (f"sum by (predictor, profile) (rate(bwp_live_rel_error_sum{{{SEL}}}[$__rate_interval])) / "
+             f"sum by (predictor, profile) (rate(bwp_live_rel_error_count{{{SEL}}}[$__rate_interval]))",
+             "{{predictor}} {{profile}}"),
+        ], "percentunit", "Each forecast scored when the link's next state arrives: min(2, |forecast - actual| / "
+           "actual), LSTM vs the last-value forecast, per profile. The model line above last-value's means it "
+           "no longer beats the naive forecast."),
+        timeseries("Live accuracy: mean absolute error, and drift detections", [
+            (f"sum by (predictor, profile) (rate(bwp_live_abs_error_mbps_sum{{{SEL}}}[$__rate_interval])) / "
+             f"sum by (predictor, profile) (rate(bwp_live_abs_error_mbps_count{{{SEL}}}[$__rate_interval]))",
+             "MAE {{predictor}} {{profile}}"),
+            (f"sum by (profile) (increase(bwp_drift_detections_total{{{SEL}}}[$__range]))",
+             "drift detections {{profile}} (in range)"),
+        ], "short", "Mean |forecast - actual| in Mbit/s per predictor and profile; drift detections (Page-Hinkley "
+           "on model minus last-value relative error) in the shown time range; each one sets the retrain flag."),
     ]  # fmt: skip
     for i, p in enumerate(big):
         p["gridPos"] = {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 4 + 8 * (i // 2)}
