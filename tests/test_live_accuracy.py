@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from stream.backtest import MemoryWindowStore
 from stream.drift import CLIP, FLOOR, LiveAccuracy
@@ -210,3 +213,47 @@ def test_a_failing_observer_never_stops_the_batch(caplog: pytest.LogCaptureFixtu
 
     s([], Broken())  # logged, not raised
     assert "live accuracy: scoring a micro-batch failed" in caplog.text
+
+
+def _stream(links: int, steps: int, gaps: list[bool], resend: list[tuple[int, int]]) -> tuple[list[Telemetry], list[Telemetry]]:
+    """(unique states, the stream with re-sent copies); seq gaps where ``gaps`` says so."""
+    rng = np.random.default_rng(len(gaps) * 31 + steps)
+    uniq, seqs = [], [0] * links
+    for s in range(steps):
+        for k in range(links):
+            seqs[k] += 2 if gaps[(s * links + k) % len(gaps)] else 1
+            uniq.append(Telemetry(link_id=f"lk-{k}", seq=seqs[k], ts_ms=1_700_000_000_000 + s, latency_ms=3.0,
+                                  bandwidth_mbps=float(rng.uniform(0, 100)), packet_loss=0.0, reliability=1.0,
+                                  profile="internet" if k % 2 else "datacenter"))  # fmt: skip
+    stream = list(uniq)
+    for at, back in resend:  # a copy of an earlier state, delivered again later
+        pos = min(at, len(stream))
+        stream.insert(pos, stream[max(0, pos - 1 - back)])
+    return uniq, stream
+
+
+
+@hsettings(max_examples=30, deadline=None)
+@given(
+    links=st.integers(1, 3),
+    steps=st.integers(10, 30),
+    gaps=st.lists(st.booleans(), min_size=1, max_size=7).map(lambda g: g if not all(g) else g + [False]),
+    resend=st.lists(st.tuples(st.integers(0, 90), st.integers(0, 40)), max_size=12),
+    batch=st.integers(1, 40),
+)
+def test_redelivery_and_gaps_never_change_the_scores(links, steps, gaps, resend, batch) -> None:
+    """Any batching, seq gaps and re-sent states: the exported counts and sums equal the offline
+    computation on the unique states (each forecast scored at most once, gaps never scored)."""
+    uniq, stream = _stream(links, steps, gaps, resend)
+    metrics = WorkerMetrics.create()
+    core = PipelineCore(MemoryWindowStore(), AffinePredictor(), metrics)
+    core.observers.append(LiveScorer(metrics))
+    _run(core, [stream[i : i + batch] for i in range(0, len(stream), batch)])
+    want = _offline(uniq)
+    for profile in ("datacenter", "internet"):
+        for name in ("lstm", "last_value"):
+            abs_e, rel_e = want.get((name, profile), ([], []))
+            labels = {"predictor": name, "profile": profile}
+            assert _sample(metrics, "bwp_live_abs_error_mbps_count", **labels) == len(abs_e)
+            assert _sample(metrics, "bwp_live_abs_error_mbps_sum", **labels) == pytest.approx(sum(abs_e), rel=1e-9)
+            assert _sample(metrics, "bwp_live_rel_error_sum", **labels) == pytest.approx(sum(rel_e), rel=1e-9)

@@ -352,3 +352,4 @@ def test_tampered_version_is_refused_and_the_old_model_keeps_serving(reg_worker)
     log = w.log_tail(50_000)
     assert log.count(f"model reload: refused version {c}, still serving {a}") == 1, log
     assert "does not match its checksum" in log
+    assert w.stop() == 0, w.log_tail()  # the reload task does not hold up a graceful shutdown

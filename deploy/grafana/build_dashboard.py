@@ -138,10 +138,10 @@ def panels() -> list[dict[str, Any]]:
             (f"sum by (predictor, profile) (rate(bwp_live_abs_error_mbps_sum{{{SEL}}}[$__rate_interval])) / "
              f"sum by (predictor, profile) (rate(bwp_live_abs_error_mbps_count{{{SEL}}}[$__rate_interval]))",
              "MAE {{predictor}} {{profile}}"),
-            (f"sum by (profile) (increase(bwp_drift_detections_total{{{SEL}}}[$__range]))",
-             "drift detections {{profile}} (in range)"),
+            (f"sum by (profile) (increase(bwp_drift_detections_total{{{SEL}}}[1h]))",
+             "drift detections {{profile}} (last hour)"),
         ], "short", "Mean |forecast - actual| in Mbit/s per predictor and profile; drift detections (Page-Hinkley "
-           "on model minus last-value relative error) in the shown time range; each one sets the retrain flag."),
+           "on model minus last-value relative error) over the last hour; each one sets the retrain flag."),
     ]  # fmt: skip
     for i, p in enumerate(big):
         p["gridPos"] = {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 4 + 8 * (i // 2)}
