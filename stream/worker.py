@@ -35,6 +35,7 @@ import numpy as np
 from stream.errors import ConfigError, TelemetryDecodeError
 from stream.metrics import WorkerMetrics
 from stream.records import N_ACTIONS, Decision, Telemetry, dlq_headers
+from stream.security import faust_broker_kwargs
 from stream.settings import Settings
 from stream.window import Outcome, WindowStore, retry_forever, split_per_link
 
@@ -326,31 +327,6 @@ class Publisher:
         self.producer.flush(5)
 
 
-def _faust_credentials(settings: Settings) -> Any:
-    """Faust broker credentials / TLS from Settings (None for PLAINTEXT)."""
-    import ssl
-
-    import faust
-
-    proto = settings.kafka_security_protocol
-    ctx = None
-    if proto in ("SSL", "SASL_SSL"):
-        ctx = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
-        if settings.kafka_ssl_certfile:
-            ctx.load_cert_chain(str(settings.kafka_ssl_certfile), str(settings.kafka_ssl_keyfile))
-    if proto.startswith("SASL"):
-        pw = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
-        mech = settings.kafka_sasl_mechanism
-        if mech == "PLAIN":
-            return faust.SASLCredentials(username=settings.kafka_sasl_username, password=pw, ssl_context=ctx)
-        return faust.SASLCredentials(
-            username=settings.kafka_sasl_username, password=pw, ssl_context=ctx, mechanism=mech
-        )
-    if ctx is not None:
-        return faust.SSLCredentials(ctx)
-    return None
-
-
 #: Longest time the broker may hold a fetch when no data is there. Faust hard-codes
 #: 1500 ms; a broker that answers a parked fetch only at this deadline (tansu does, as
 #: measured with `bwp bench pipeline --rate`) turns it into end-to-end latency.
@@ -471,10 +447,8 @@ def make_app(settings: Settings) -> Any:
 
     datadir = settings.state_dir / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    kw: dict[str, Any] = {}
-    creds = _faust_credentials(settings)
-    if creds is not None:
-        kw["broker_credentials"] = creds
+    # broker URL and, when secured, SASL/TLS credentials (ConfigError on unusable TLS files)
+    kw = faust_broker_kwargs(settings)
 
     class App(faust.App):
         def on_init_dependencies(self) -> Any:
@@ -487,7 +461,6 @@ def make_app(settings: Settings) -> Any:
 
     return App(
         settings.consumer_group,
-        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
         key_serializer="raw",
         value_serializer="raw",
         # tansu answers joins fine, but Faust's 300 s / 60 s defaults make every
