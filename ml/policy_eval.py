@@ -24,7 +24,6 @@ This module imports only numpy at the top; TensorFlow is loaded when a Keras mod
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -116,24 +115,21 @@ def series_from_jsonl(paths: Sequence[Path | str], episode_len: int = DEFAULT_EP
     """Episodes cut from telemetry JSONL files: per link (by ``seq``), consecutive chunks of
     ``episode_len`` decisions (the last, shorter chunk is kept if it has >= 1 decision).
 
-    Returns the series and the profile label (the records' profile when they share one, else ``"data"``).
+    Returns the series and the profile label (the links' profile when they share one, else ``"data"``).
     """
-    from stream.jsonl import read_jsonl
+    from ml.data import file_links
 
-    rows: dict[str, list[tuple[int, tuple[float, ...]]]] = defaultdict(list)
-    profiles: set[str | None] = set()
-    for rec in read_jsonl(paths):
-        rows[rec.link_id].append((rec.seq, rec.features()))
-        profiles.add(rec.profile)
+    links = file_links(paths)  # grouped by link, ordered by seq
     out: list[np.ndarray] = []
-    for link in sorted(rows):
-        s = np.array([f for _, f in sorted(rows[link], key=lambda r: r[0])], dtype=np.float64)  # (T, 4)
+    for link in links:
+        s = link.data  # (T, 4)
         for start in range(0, max(0, s.shape[0] - WINDOW), episode_len):
             chunk = s[start : start + episode_len + WINDOW]
             if chunk.shape[0] >= WINDOW + 1:
                 out.append(chunk)
     if not out:
         raise DataError(f"{list(map(str, paths))}: no link has more than {WINDOW} records, nothing to evaluate")
+    profiles = {link.profile for link in links}
     label = next(iter(profiles)) if len(profiles) == 1 and None not in profiles else "data"
     return out, label
 
