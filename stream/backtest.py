@@ -32,7 +32,7 @@ import numpy as np
 
 from stream.errors import DataError
 from stream.records import N_ACTIONS, WINDOW, Decision, Telemetry
-from stream.window import KEEP, Outcome, Update
+from stream.window import KEEP, BatchUpdate, Outcome, Update
 
 
 class MemoryWindowStore:
@@ -75,8 +75,11 @@ class MemoryWindowStore:
         return Update(Outcome.FULL, np.array([x for _, x in entries[-WINDOW:]], dtype=np.float64))
 
     async def update(self, records: Sequence[Telemetry]) -> list[Update]:
-        """Apply ``records`` in order (like one pipelined round of the update script)."""
+        """Apply ``records`` in order (like one round of the update script)."""
         return [self._update_one(r) for r in records]
+
+    async def update_batch(self, records: Sequence[Telemetry]) -> BatchUpdate:
+        return BatchUpdate.from_updates([self._update_one(r) for r in records])
 
     async def ack(self, acks: Iterable[tuple[str, int]]) -> None:
         """``ack`` only moves forward, per link."""

@@ -81,7 +81,7 @@ class DecisionCollector(threading.Thread):
 
         self.c = Consumer(settings.confluent_config(**{
             "group.id": f"bench-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
-            "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10, "log.connection.close": False,
+            "auto.offset.reset": "earliest", "log.connection.close": False,
         }))  # fmt: skip
         self.c.assign([TopicPartition(settings.decisions_topic, p, 0) for p in range(settings.partitions)])
         self.parse = parse

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 #: Relative errors are clipped here (2 = 200 %).
 CLIP = 2.0
 #: Smallest |actual| (Mbit/s) a relative error divides by.
@@ -45,6 +47,15 @@ def relative_error(forecast: float, actual: float, clip: float = CLIP, floor: fl
     if not (math.isfinite(forecast) and math.isfinite(actual)):
         return clip
     return min(clip, abs(forecast - actual) / max(abs(actual), floor))
+
+
+def relative_errors(forecast: Any, actual: Any, clip: float = CLIP, floor: float = FLOOR) -> Any:
+    """:func:`relative_error` element-wise over arrays (float64 array out)."""
+    f = np.asarray(forecast, dtype=np.float64)
+    a = np.asarray(actual, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.minimum(clip, np.abs(f - a) / np.maximum(np.abs(a), floor))
+    return np.where(np.isfinite(f) & np.isfinite(a), e, clip)
 
 
 @dataclass
@@ -134,18 +145,26 @@ class LiveAccuracy:
 
     def observe(self, profile: str | None, forecast: float, baseline_forecast: float, actual: float) -> bool:
         """Feed one step; returns True when this observation completes a drift detection."""
+        return bool(self.observe_errors(profile, [relative_error(forecast, actual)], [relative_error(baseline_forecast, actual)]))
+
+    def observe_errors(self, profile: str | None, e_model: Any, e_baseline: Any) -> int:
+        """Feed the steps of one micro-batch as their relative errors (:func:`relative_errors`
+        of the model's and the baseline's forecasts), in order. Returns the detections."""
         key = profile or "unknown"
         st = self._profiles.get(key)
         if st is None:
             st = self._profiles[key] = _ProfileState(self.delta, self.threshold, self.min_instances)
-        drift = st.update(relative_error(forecast, actual), relative_error(baseline_forecast, actual))
-        if drift:
-            ev = DriftEvent(key, st.n, st.detections, st.model_err, st.base_err)
-            self.events.append(ev)
-            del self.events[:-100]  # keep the last 100 only
-            if self.on_drift is not None:
-                self.on_drift(ev)
-        return drift
+        found = 0
+        update = st.update
+        for em, eb in zip(np.asarray(e_model, dtype=np.float64).tolist(), np.asarray(e_baseline, dtype=np.float64).tolist()):
+            if update(em, eb):
+                found += 1
+                ev = DriftEvent(key, st.n, st.detections, st.model_err, st.base_err)
+                self.events.append(ev)
+                del self.events[:-100]  # keep the last 100 only
+                if self.on_drift is not None:
+                    self.on_drift(ev)
+        return found
 
     def detections(self, profile: str | None = None) -> int:
         """Detections so far, for one profile or all together."""

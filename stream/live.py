@@ -22,8 +22,10 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
-from stream.drift import CLIP, FLOOR, DriftEvent, LiveAccuracy, RetrainFlag, relative_error
-from stream.metrics import WorkerMetrics
+import numpy as np
+
+from stream.drift import CLIP, FLOOR, DriftEvent, LiveAccuracy, RetrainFlag, relative_errors
+from stream.metrics import WorkerMetrics, observe_many
 
 log = logging.getLogger("bwp.live")
 
@@ -62,37 +64,48 @@ class LiveScorer:
         self.evicted = 0
         self._hist: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-    def _observers(self, predictor: str, profile: str) -> tuple[Any, Any]:
+    def _children(self, predictor: str, profile: str) -> tuple[Any, Any]:
         key = (predictor, profile)
         h = self._hist.get(key)
         if h is None:
             m = self.metrics
             h = self._hist[key] = (
-                m.live_abs_error.labels(predictor, profile).observe,
-                m.live_rel_error.labels(predictor, profile).observe,
+                m.live_abs_error.labels(predictor, profile),
+                m.live_rel_error.labels(predictor, profile),
             )
         return h
 
-    def _score(self, profile: str, forecast: float, last_value: float, actual: float) -> None:
-        for name, f in (("lstm", forecast), ("last_value", last_value)):
-            obs_abs, obs_rel = self._observers(name, profile)
-            obs_abs(abs(f - actual))
-            obs_rel(relative_error(f, actual, self.clip, self.floor))
-        self.scored += 1
-        if self.live.observe(profile, forecast, last_value, actual):
-            self.metrics.drift_detections.labels(profile).inc()
+    def _score(self, profile: str, forecast: np.ndarray, last_value: np.ndarray, actual: np.ndarray) -> None:
+        """Score one profile's (forecast, last value, actual) steps of a micro-batch, in order."""
+        e_model = relative_errors(forecast, actual, self.clip, self.floor)
+        e_last = relative_errors(last_value, actual, self.clip, self.floor)
+        for name, f, e in (("lstm", forecast, e_model), ("last_value", last_value, e_last)):
+            abs_h, rel_h = self._children(name, profile)
+            observe_many(abs_h, np.abs(f - actual))
+            observe_many(rel_h, e)
+        self.scored += len(actual)
+        found = self.live.observe_errors(profile, e_model, e_last)
+        if found:
+            self.metrics.drift_detections.labels(profile).inc(found)
 
     def update(self, records: Sequence[Any], decisions: Sequence[Any]) -> None:
         """Score pending forecasts whose next state is in ``records``; remember the new ones."""
         dec = {(d.link_id, d.seq): d for d in decisions} if decisions else {}
         pending = self._pending
+        # profile -> ([forecast], [last value], [actual]) of the steps scored in this batch
+        steps: dict[str, tuple[list[float], list[float], list[float]]] = {}
         for r in records:
             lid = r.link_id
             p = pending.get(lid)
             if p is not None and not p[4] and r.seq > p[0]:
                 p[4] = True  # consumed: a gap (seq > newest + 1) has no actual for the forecast step
                 if r.seq == p[0] + 1:
-                    self._score(p[1], p[2], p[3], r.bandwidth_mbps)
+                    st = steps.get(p[1])
+                    if st is None:
+                        st = steps[p[1]] = ([], [], [])
+                    st[0].append(p[2])
+                    st[1].append(p[3])
+                    st[2].append(r.bandwidth_mbps)
             if not dec:
                 continue
             d = dec.pop((lid, r.seq), None)
@@ -103,6 +116,8 @@ class LiveScorer:
             if len(pending) > self.max_links:
                 pending.popitem(last=False)
                 self.evicted += 1
+        for profile, (f, lv, a) in steps.items():
+            self._score(profile, np.array(f), np.array(lv), np.array(a))
 
     def __call__(self, records: Sequence[Any], out: Any) -> None:
         """``PipelineCore`` observer: never lets a scoring bug stop the pipeline."""

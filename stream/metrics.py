@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 # Per-stage times are sub-millisecond per batch up to a second or so for a big predict.
@@ -22,6 +24,28 @@ _REL_ERR_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4000, 8000)
 
 STAGES = ("decode", "redis", "predict", "produce", "ack")
+
+
+def observe_many(child: Any, values: Any) -> None:
+    """``child.observe(v)`` for every ``v`` of ``values``, in a few numpy operations.
+
+    ``child`` is a labelled (or label-less) ``Histogram``. The worker observes thousands
+    of values per micro-batch (latency, live errors); one ``observe`` call each (a lock
+    and a bucket scan per call) cost more than the values' computation. Same buckets
+    (a value lands in the first bucket whose bound is >= it), same sum and count as a
+    loop of ``observe`` (a test compares them). Uses the client's bucket counters,
+    which ``prometheus_client`` keeps as ``_upper_bounds`` / ``_buckets`` / ``_sum``.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if not v.size:
+        return
+    bounds = child._upper_bounds  # noqa: SLF001 - see the docstring
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), v, side="left")  # NaN -> len: no bucket
+    counts = np.bincount(idx, minlength=len(bounds) + 1)[: len(bounds)]
+    buckets = child._buckets  # noqa: SLF001
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
+    child._sum.inc(float(v.sum()))  # noqa: SLF001
 
 
 @dataclass(frozen=True)

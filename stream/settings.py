@@ -54,7 +54,14 @@ class Settings(BaseSettings):
 
     # --- Worker ----------------------------------------------------------------------
     batch_max: int = Field(2048, ge=1, description="Largest micro-batch of records the worker processes at once.")
-    batch_timeout_s: float = Field(0.02, gt=0, description="Longest wait to fill a micro-batch (seconds).")
+    fetch_max_wait_ms: int = Field(
+        100, ge=1, le=60_000,
+        description="Longest time the broker may hold a worker's fetch when no data is there (ms).",
+    )  # fmt: skip
+    pipeline_depth: int = Field(
+        2, ge=1, le=8,
+        description="Chunks a worker has between window update and confirmation (1 = no overlap of Redis and model).",
+    )  # fmt: skip
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's /metrics endpoint (0 = off).")
 
     # --- Files -----------------------------------------------------------------------

@@ -63,54 +63,79 @@ class Outcome(enum.IntEnum):
     FULL = 4
 
 
-# KEYS[1] window list, KEYS[2] meta hash
-# ARGV[1] seq (20-digit zero padded), ARGV[2] packed entry, ARGV[3] ttl s, ARGV[4] keep, ARGV[5] window
+# One call applies a run of records in order (the same steps per record as one call
+# each, at a fraction of the cost: per-command dispatch and reply handling dominated).
+# KEYS[2i-1], KEYS[2i]: window list and meta hash of record i
+# ARGV[1] ttl s, ARGV[2] keep, ARGV[3] window; ARGV[2+2i] seq of record i (20-digit zero
+# padded), ARGV[3+2i] its packed entry.
+# Returns {codes, filled, windows}: one byte per record each for the Outcome ('0'+code)
+# and the window fill after a FILLING update; the windows of FULL and REDELIVERED
+# records concatenated in record order.
 UPDATE_LUA = """
-local seq = ARGV[1]
-local w = tonumber(ARGV[5])
-local meta = redis.call('HMGET', KEYS[2], 'last', 'ack')
-local last, ack = meta[1], meta[2]
-if last and seq <= last then
-  if ack and seq <= ack then return {0} end
-  local entries = redis.call('LRANGE', KEYS[1], 0, -1)
-  for i = #entries, 1, -1 do
-    local s = string.sub(entries[i], 1, 20)
-    if s == seq then
-      if i < w then
-        -- fewer than w states before it: no window, no decision owed - unless the list
-        -- was trimmed, in which case the window existed but cannot be rebuilt
-        if #entries < tonumber(ARGV[4]) then return {0} end
-        return {1}
+local ttl = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+local w = tonumber(ARGV[3])
+local codes, filled, windows = {}, {}, {}
+local function update(i, wkey, mkey, seq, entry)
+  local meta = redis.call('HMGET', mkey, 'last', 'ack')
+  local last, ack = meta[1], meta[2]
+  if last and seq <= last then
+    if ack and seq <= ack then return 0 end
+    local entries = redis.call('LRANGE', wkey, 0, -1)
+    for i = #entries, 1, -1 do
+      local s = string.sub(entries[i], 1, 20)
+      if s == seq then
+        if i < w then
+          -- fewer than w states before it: no window, no decision owed - unless the
+          -- list was trimmed, in which case the window existed but cannot be rebuilt
+          if #entries < keep then return 0 end
+          return 1
+        end
+        windows[#windows + 1] = table.concat(entries, '', i - w + 1, i)
+        return 2
       end
-      return {2, table.concat(entries, '', i - w + 1, i)}
+      if s < seq then break end
     end
-    if s < seq then break end
+    return 1
   end
-  return {1}
+  local n = redis.call('RPUSH', wkey, entry)
+  if n > keep then
+    redis.call('LTRIM', wkey, -keep, -1)
+    n = keep
+  end
+  redis.call('HSET', mkey, 'last', seq)
+  redis.call('EXPIRE', wkey, ttl)
+  redis.call('EXPIRE', mkey, ttl)
+  if n < w then
+    filled[i] = n
+    return 3
+  end
+  windows[#windows + 1] = table.concat(redis.call('LRANGE', wkey, -w, -1))
+  return 4
 end
-local n = redis.call('RPUSH', KEYS[1], ARGV[2])
-local keep = tonumber(ARGV[4])
-if n > keep then
-  redis.call('LTRIM', KEYS[1], -keep, -1)
-  n = keep
+for i = 1, #KEYS / 2 do
+  local code = update(i, KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+  codes[i] = string.char(48 + code)
+  filled[i] = string.char(filled[i] or 0)
 end
-redis.call('HSET', KEYS[2], 'last', seq)
-local ttl = tonumber(ARGV[3])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-if n < w then return {3, n} end
-return {4, table.concat(redis.call('LRANGE', KEYS[1], -w, -1))}
+return {table.concat(codes), table.concat(filled), table.concat(windows)}
 """
 
-# KEYS[1] meta hash; ARGV[1] seq (padded): ack only moves forward.
+# KEYS[i] meta hash of a link, ARGV[i] its newly acknowledged seq (padded): ack only
+# moves forward.
 ACK_LUA = """
-local ack = redis.call('HGET', KEYS[1], 'ack')
-if (not ack) or ARGV[1] > ack then
-  redis.call('HSET', KEYS[1], 'ack', ARGV[1])
-  return 1
+for i = 1, #KEYS do
+  local ack = redis.call('HGET', KEYS[i], 'ack')
+  if (not ack) or ARGV[i] > ack then
+    redis.call('HSET', KEYS[i], 'ack', ARGV[i])
+  end
 end
-return 0
+return #KEYS
 """
+
+#: Records per update-script call (calls of one batch share one round trip). Bounds
+#: how long one call holds Redis (about a millisecond) and the size of its reply.
+CALL_RECORDS = 256
 
 
 def split_per_link(records: Sequence[Telemetry], limit: int = MAX_UNACKED_PER_LINK) -> list[list[Telemetry]]:
@@ -155,6 +180,58 @@ class Update:
     window: np.ndarray | None = None
     #: states in the window after a FILLING update.
     filled: int = 0
+
+
+_HAS_WINDOW = (int(Outcome.FULL), int(Outcome.REDELIVERED))
+
+
+@dataclass(frozen=True, slots=True)
+class BatchUpdate:
+    """The window updates of a run of records, as arrays (what the worker's hot path reads)."""
+
+    #: (n,) int8 :class:`Outcome` values, in record order.
+    outcomes: np.ndarray
+    #: (n,) uint8 states in the window after each FILLING update (0 otherwise).
+    filled: np.ndarray
+    #: (m, WINDOW, 4) float64 windows of the FULL and REDELIVERED records, in record order.
+    windows: np.ndarray
+
+    def has_window(self) -> np.ndarray:
+        """(n,) bool: which records got a window (row i of ``windows`` is the i-th True)."""
+        return np.isin(self.outcomes, _HAS_WINDOW)
+
+    def count(self, outcome: Outcome) -> int:
+        return int(np.count_nonzero(self.outcomes == int(outcome)))
+
+    def to_updates(self) -> list[Update]:
+        out: list[Update] = []
+        wins = iter(self.windows)
+        for code, filled in zip(self.outcomes.tolist(), self.filled.tolist()):
+            oc = Outcome(code)
+            if code in _HAS_WINDOW:
+                out.append(Update(oc, next(wins)))
+            else:
+                out.append(Update(oc, None, filled if oc is Outcome.FILLING else 0))
+        return out
+
+    @classmethod
+    def from_updates(cls, updates: Sequence[Update]) -> "BatchUpdate":
+        wins = [u.window for u in updates if int(u.outcome) in _HAS_WINDOW]
+        return cls(
+            np.array([int(u.outcome) for u in updates], dtype=np.int8),
+            np.array([u.filled for u in updates], dtype=np.uint8),
+            np.stack(wins).astype(np.float64) if wins else np.empty((0, WINDOW, len(FEATURES))),
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence["BatchUpdate"]) -> "BatchUpdate":
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.outcomes for p in parts]) if parts else np.empty(0, np.int8),
+            np.concatenate([p.filled for p in parts]) if parts else np.empty(0, np.uint8),
+            np.concatenate([p.windows for p in parts]) if parts else np.empty((0, WINDOW, len(FEATURES))),
+        )
 
 
 class WindowStore:
@@ -254,26 +331,57 @@ class WindowStore:
         return replies
 
     # --- operations ---------------------------------------------------------------------
-    async def update(self, records: Sequence[Telemetry]) -> list[Update]:
-        """Apply ``records`` in order, one atomic script call each, one round trip in all."""
-        if not records:
-            return []
-        ttl, keep, w = str(self.ttl_s), str(self.keep), str(WINDOW)
+    def _calls(self, records: Sequence[Telemetry]) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
+        """Update-script calls for ``records`` (each at most CALL_RECORDS, record order kept
+        per link) and, per call, the positions of its records in ``records``."""
+        if hasattr(self.client, "nodes_manager"):
+            # Redis Cluster: a call may only touch keys of one slot. A link's keys share
+            # its slot (hash tag), so grouping by slot keeps each link's order.
+            from redis.crc import key_slot
+
+            groups: dict[int, list[int]] = {}
+            for i, r in enumerate(records):
+                groups.setdefault(key_slot(self.meta_key(r.link_id).encode()), []).append(i)
+            runs = [g[j : j + CALL_RECORDS] for g in groups.values() for j in range(0, len(g), CALL_RECORDS)]
+        else:
+            runs = [list(range(j, min(j + CALL_RECORDS, len(records)))) for j in range(0, len(records), CALL_RECORDS)]
+        head = (str(self.ttl_s), str(self.keep), str(WINDOW))
+        prefix = self.prefix
         calls = []
-        for r in records:
-            calls.append((2, self.window_key(r.link_id), self.meta_key(r.link_id), pad_seq(r.seq), pack_entry(r), ttl, keep, w))
+        for run in runs:
+            keys: list[str] = []
+            args: list[Any] = list(head)
+            for i in run:
+                r = records[i]
+                lid = r.link_id
+                keys.append(f"{prefix}:{{{lid}}}:w")
+                keys.append(f"{prefix}:{{{lid}}}:m")
+                args.append(b"%020d" % r.seq)
+                args.append(pack_entry(r))
+            calls.append((len(keys), *keys, *args))
+        return calls, runs
+
+    async def update_batch(self, records: Sequence[Telemetry]) -> BatchUpdate:
+        """Apply ``records`` in order (atomically per call of up to CALL_RECORDS records),
+        in one round trip."""
+        if not records:
+            return BatchUpdate.from_updates([])
+        calls, runs = self._calls(records)
         replies = await self._run_pipelined("_update_sha", calls)
-        out: list[Update] = []
-        for reply in replies:
-            code = Outcome(int(reply[0]))
-            if code is Outcome.FULL or code is Outcome.REDELIVERED:
-                # (WINDOW, 4), oldest row first
-                out.append(Update(code, np.frombuffer(reply[1], dtype=ENTRY_DTYPE)["x"]))
-            elif code is Outcome.FILLING:
-                out.append(Update(code, None, int(reply[1])))
-            else:
-                out.append(Update(code))
-        return out
+        parts = []
+        for codes, filled, windows in replies:
+            parts.append(BatchUpdate(
+                np.frombuffer(codes, dtype=np.int8) - 48,
+                np.frombuffer(filled, dtype=np.uint8),
+                np.frombuffer(windows, dtype=ENTRY_DTYPE)["x"].reshape(-1, WINDOW, len(FEATURES)),
+            ))  # fmt: skip
+        if len(runs) > 1 and any(run[0] != runs[i - 1][-1] + 1 for i, run in enumerate(runs) if i):
+            return _reorder(parts, runs, len(records))
+        return BatchUpdate.concat(parts)
+
+    async def update(self, records: Sequence[Telemetry]) -> list[Update]:
+        """Like :meth:`update_batch`, one :class:`Update` per record (tests, tools)."""
+        return (await self.update_batch(records)).to_updates()
 
     async def ack(self, acks: Iterable[tuple[str, int]]) -> None:
         """Record that the decisions up to ``seq`` of each ``(link_id, seq)`` are acknowledged."""
@@ -281,8 +389,20 @@ class WindowStore:
         for link, seq in acks:
             if seq > best.get(link, -1):
                 best[link] = seq
-        if best:
-            await self._run_pipelined("_ack_sha", [(1, self.meta_key(l), pad_seq(s)) for l, s in best.items()])
+        if not best:
+            return
+        items = list(best.items())
+        if hasattr(self.client, "nodes_manager"):
+            from redis.crc import key_slot
+
+            groups: dict[int, list[tuple[str, int]]] = {}
+            for link, seq in items:
+                groups.setdefault(key_slot(self.meta_key(link).encode()), []).append((link, seq))
+            runs = list(groups.values())
+        else:
+            runs = [items[j : j + 4 * CALL_RECORDS] for j in range(0, len(items), 4 * CALL_RECORDS)]
+        calls = [(len(run), *(self.meta_key(l) for l, _ in run), *(pad_seq(s) for _, s in run)) for run in runs]
+        await self._run_pipelined("_ack_sha", calls)
 
     async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored states of a link: (seqs (n,), features (n, 4)), oldest first (for tests/tools)."""
@@ -293,6 +413,18 @@ class WindowStore:
         """``{"last": seq | None, "ack": seq | None}`` of a link."""
         last, ack = await self.client.hmget(self.meta_key(link_id), "last", "ack")
         return {"last": int(last) if last else None, "ack": int(ack) if ack else None}
+
+
+def _reorder(parts: Sequence[BatchUpdate], runs: Sequence[Sequence[int]], n: int) -> BatchUpdate:
+    """Per-slot call results (Redis Cluster) back in record order."""
+    pos = np.concatenate([np.asarray(r, dtype=np.int64) for r in runs])
+    merged = BatchUpdate.concat(parts)
+    order = np.empty(n, dtype=np.int64)
+    order[pos] = np.arange(n)
+    # windows: rows follow the records with a window, in call order; re-sort them by position
+    has = merged.has_window()
+    win_pos = pos[has]
+    return BatchUpdate(merged.outcomes[order], merged.filled[order], merged.windows[np.argsort(win_pos, kind="stable")])
 
 
 async def retry_forever(what: str, fn: Any, *, first_s: float = 0.1, cap_s: float = 2.0, on_error: Any = None) -> Any:

@@ -28,16 +28,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Protocol, Sequence
+from collections import deque
+from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 import numpy as np
 
 from stream.errors import ConfigError, TelemetryDecodeError
-from stream.metrics import WorkerMetrics
+from stream.metrics import WorkerMetrics, observe_many
 from stream.records import N_ACTIONS, Decision, Telemetry, dlq_headers
 from stream.security import faust_broker_kwargs
 from stream.settings import Settings
-from stream.window import Outcome, WindowStore, retry_forever, split_per_link
+from stream.window import MAX_UNACKED_PER_LINK, Outcome, WindowStore, retry_forever, split_per_link
 
 log = logging.getLogger("bwp.worker")
 
@@ -60,6 +61,18 @@ class Predictor(Protocol):
 
 
 # --- Kafka-free core --------------------------------------------------------------------------
+#: Chunks between their window update and their confirmation in :meth:`PipelineCore.stream`.
+PIPELINE_DEPTH = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """The states of a chunk owed a decision, and their windows."""
+
+    records: list[Telemetry]
+    windows: np.ndarray  # (len(records), WINDOW, 4)
+
+
 @dataclass(frozen=True, slots=True)
 class InRecord:
     """One consumed Kafka record, as the core needs it."""
@@ -113,6 +126,8 @@ class PipelineCore:
         #: ``f(valid_records, out)`` after each chunk (in :meth:`run`: once its decisions are
         #: acknowledged); used for live accuracy (stream/live.py). Must not raise.
         self.observers: list[Callable[[list[Telemetry], BatchOutput], None]] = []
+        #: Owed states of the chunks in :meth:`stream` between window update and confirmation.
+        self._in_flight: deque[Owed] = deque()
 
     def set_predictor(self, predictor: Predictor) -> None:
         """Swap the model; takes effect at the next micro-batch."""
@@ -122,20 +137,22 @@ class PipelineCore:
     async def process(self, batch: Sequence[InRecord]) -> BatchOutput:
         """Decode, update windows, predict - the whole batch as one chunk (tests, replays).
 
-        The Kafka worker uses :meth:`run`, which also bounds the unacknowledged states per link.
+        The Kafka worker uses :meth:`stream`, which also bounds the unacknowledged states
+        per link and publishes.
         """
         predictor = self.predictor  # read once: a reload applies to whole batches
         out = BatchOutput(model_version=predictor.version)
         good = self._decode(batch, out)
-        await self._decide(good, predictor, out)
+        owed = await self._update(good, out)
+        await self._decide(owed, predictor, out)
         for f in self.observers:
             f(good, out)
         return out
 
     async def run(self, batch: Sequence[InRecord], publish: Callable[[BatchOutput], Any]) -> None:
-        """Process a micro-batch end to end: decode, then per chunk window update, predict,
-        ``await publish(out)`` (must return only once the broker acknowledged everything),
-        and :meth:`confirm`.
+        """One micro-batch end to end, nothing overlapped: decode, then per chunk window
+        update, predict, ``await publish(out)`` (must return only once the broker
+        acknowledged everything) and :meth:`confirm`.
 
         Chunks hold at most ``MAX_UNACKED_PER_LINK`` states of any link, so a crash (or a
         retried Redis round trip) never leaves more unacknowledged states of a link than
@@ -146,11 +163,84 @@ class PipelineCore:
         good = self._decode(batch, first)
         for i, chunk in enumerate(split_per_link(good) or [[]]):
             out = first if i == 0 else BatchOutput(model_version=predictor.version)
-            await self._decide(chunk, predictor, out)
+            owed = await self._update(chunk, out)
+            await self._decide(owed, predictor, out)
             await publish(out)
             await self.confirm(out)
             for f in self.observers:
                 f(chunk, out)
+
+    async def stream(
+        self,
+        next_batch: Callable[[], Awaitable[Sequence[InRecord]]],
+        publish: Callable[[BatchOutput], Any],
+        on_done: Callable[[Sequence[InRecord]], None],
+        depth: int = PIPELINE_DEPTH,
+    ) -> None:
+        """Process batches from ``next_batch()`` forever, two stages overlapped.
+
+        * front (event loop): decode, cut into chunks, update each chunk's windows in Redis;
+        * back: predict (in the predictor thread), ``await publish(out)``, :meth:`confirm`,
+          observers, and ``on_done(batch)`` once the batch's last chunk is confirmed.
+
+        While the back predicts and publishes chunk k, the front decodes and updates the
+        windows of chunk k+1: the model thread and the event loop work at the same time
+        (they took turns before, and each core idled half the time). At most ``depth``
+        chunks are between their window update and their confirmation, and a chunk holds
+        at most ``MAX_UNACKED_PER_LINK // depth`` states of a link, so the unacknowledged
+        states of a link stay within what the window store can rebuild after a crash.
+        Chunks are published, confirmed and reported done in order. Returns only by an
+        exception (cancellation included), which stops both stages.
+        """
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        limit = max(1, MAX_UNACKED_PER_LINK // depth)
+        slots: asyncio.Queue = asyncio.Queue(maxsize=depth)  # one token per unconfirmed chunk
+        handoff: asyncio.Queue = asyncio.Queue()
+        stopping = [False]
+
+        async def front() -> None:
+            while not stopping[0]:
+                batch = await next_batch()
+                predictor = self.predictor  # read once: a reload applies to whole batches
+                first = BatchOutput(model_version=predictor.version)
+                good = self._decode(batch, first)
+                chunks = split_per_link(good, limit) or [[]]
+                for i, chunk in enumerate(chunks):
+                    out = first if i == 0 else BatchOutput(model_version=predictor.version)
+                    await slots.put(None)  # waits while ``depth`` chunks are unconfirmed
+                    owed = await self._update(chunk, out)
+                    self._in_flight.append(owed)
+                    handoff.put_nowait((chunk, owed, predictor, out, batch if i == len(chunks) - 1 else None))
+
+        async def back() -> None:
+            while not stopping[0]:
+                chunk, owed, predictor, out, done = await handoff.get()
+                await self._decide(owed, predictor, out)
+                await publish(out)
+                await self.confirm(out)
+                self._in_flight.popleft()
+                slots.get_nowait()
+                for f in self.observers:
+                    f(chunk, out)
+                if done is not None:
+                    on_done(done)
+
+        tasks = [asyncio.ensure_future(front()), asyncio.ensure_future(back())]
+        try:
+            finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for t in finished:
+                t.result()  # raises the stage's exception
+        finally:
+            stopping[0] = True
+            # Cancel until done: a cancellation that lands in the Redis client's I/O can
+            # be absorbed there (seen in this code's tests), and the stage then parks at
+            # its next await; the flag makes it leave at its next loop turn instead.
+            while not all(t.done() for t in tasks):
+                for t in tasks:
+                    t.cancel()
+                await asyncio.wait(tasks, timeout=0.1)
+            self._in_flight.clear()
 
     def _decode(self, batch: Sequence[InRecord], out: BatchOutput) -> list[Telemetry]:
         """Valid records in order; invalid ones become dead letters (original bytes) in ``out``."""
@@ -169,52 +259,55 @@ class PipelineCore:
         m.stage_seconds.labels("decode").observe(time.perf_counter() - t0)
         return good
 
-    async def _decide(self, good: list[Telemetry], predictor: Predictor, out: BatchOutput) -> None:
-        """Window updates (retried until Redis answers) and one batched predict for ``good``."""
+    async def _update(self, good: list[Telemetry], out: BatchOutput) -> Owed:
+        """Window updates of ``good`` (retried until Redis answers): the states owed a
+        decision and their windows; counts the rest in ``out``."""
         m = self.metrics
         t1 = time.perf_counter()
-        # one atomic script call per record, one round trip
-        updates = await retry_forever(
-            "redis window update", lambda: self.store.update(good), first_s=self.backoff[0], cap_s=self.backoff[1],
+        # (n records) -> outcomes (n,), windows (m, WINDOW, 4): one round trip
+        upd = await retry_forever(
+            "redis window update", lambda: self.store.update_batch(good), first_s=self.backoff[0], cap_s=self.backoff[1],
             on_error=lambda exc: m.redis_errors.inc(),
         )
-        t2 = time.perf_counter()
-        m.stage_seconds.labels("redis").observe(t2 - t1)
-
-        windows: list[np.ndarray] = []
-        owed: list[Telemetry] = []
-        seen: set[tuple[str, int]] = set()
-        for rec, upd in zip(good, updates):
-            oc = upd.outcome
-            if oc is Outcome.FULL or oc is Outcome.REDELIVERED:
-                key = (rec.link_id, rec.seq)
-                if key in seen:  # the same state twice in one batch: one decision
+        owed_idx = np.flatnonzero(upd.has_window()).tolist()
+        windows = upd.windows  # (len(owed_idx), WINDOW, 4)
+        out.filling += upd.count(Outcome.FILLING)
+        out.duplicates += upd.count(Outcome.DUPLICATE)
+        out.stale += upd.count(Outcome.STALE)
+        if upd.count(Outcome.REDELIVERED):
+            # A state owed a decision that is already on its way - twice in this chunk, or
+            # in a chunk not confirmed yet (the second copy finds it unacknowledged, so
+            # REDELIVERED): one decision.
+            seen = {(r.link_id, r.seq) for o in self._in_flight for r in o.records}
+            keep: list[int] = []
+            for row, i in enumerate(owed_idx):
+                key = (good[i].link_id, good[i].seq)
+                if key in seen:
                     out.duplicates += 1
                     continue
                 seen.add(key)
-                windows.append(upd.window)
-                owed.append(rec)
-            elif oc is Outcome.FILLING:
-                out.filling += 1
-            elif oc is Outcome.DUPLICATE:
-                out.duplicates += 1
-            else:
-                out.stale += 1
+                keep.append(row)
+            if len(keep) < len(owed_idx):
+                owed_idx = [owed_idx[r] for r in keep]
+                windows = windows[keep]
+        m.stage_seconds.labels("redis").observe(time.perf_counter() - t1)
+        return Owed([good[i] for i in owed_idx], windows)
 
-        # one batched predict over every full window, off the event loop
-        if windows:
-            x = np.stack(windows)  # (n, WINDOW, 4)
-            pred = await self._predict(predictor, x)
+    async def _decide(self, owed: Owed, predictor: Predictor, out: BatchOutput) -> None:
+        """One batched predict over every owed window, off the event loop; the decisions go to ``out``."""
+        t2 = time.perf_counter()
+        if owed.records:
+            pred = await self._predict(predictor, owed.windows)
             now = self.clock_ms()
             bw = np.asarray(pred.bandwidth_mbps, dtype=np.float64)
             act = np.asarray(pred.action, dtype=np.int64)
             ref = np.asarray(pred.reference_bandwidth_mbps, dtype=np.float64)
             version = predictor.version
             out.decisions = [
-                Decision.make(r.link_id, r.seq, r.ts_ms, float(b), int(a), float(f), version, now, r.profile)
-                for r, b, a, f in zip(owed, bw.tolist(), act.tolist(), ref.tolist())
+                Decision.make(r.link_id, r.seq, r.ts_ms, b, a, f, version, now, r.profile)
+                for r, b, a, f in zip(owed.records, bw.tolist(), act.tolist(), ref.tolist())
             ]
-        m.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
+        self.metrics.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
 
     async def _predict(self, predictor: Predictor, x: np.ndarray) -> PredictionLike:
         loop = asyncio.get_running_loop()
@@ -253,9 +346,8 @@ class PipelineCore:
         now_s = time.time()
         if out.decisions:
             m.decisions.labels(out.model_version).inc(len(out.decisions))
-            obs = m.e2e_latency_seconds.observe
-            for d in out.decisions:
-                obs(max(0.0, now_s - d.ts_ms / 1000.0))
+            ts_s = np.fromiter((d.ts_ms for d in out.decisions), dtype=np.float64, count=len(out.decisions)) / 1000.0
+            observe_many(m.e2e_latency_seconds, np.maximum(0.0, now_s - ts_s))
         for _, _, hdrs in out.dead_letters:
             m.dead_letters.labels(hdrs[0][1].decode()).inc()
         if out.duplicates:
@@ -327,42 +419,123 @@ class Publisher:
         self.producer.flush(5)
 
 
-#: Longest time the broker may hold a fetch when no data is there. Faust hard-codes
-#: 1500 ms; a broker that answers a parked fetch only at this deadline (tansu does, as
-#: measured with `bwp bench pipeline --rate`) turns it into end-to-end latency.
-FETCH_MAX_WAIT_MS = 10
+def _patch_fetch_wait(wait_ms: int) -> None:
+    """Longest time the broker may hold a fetch when no data is there (``fetch_max_wait_ms``).
 
-
-def _patch_fetch_wait() -> None:
+    Faust hard-codes 1500 ms; a broker that answers a parked fetch only at this deadline
+    (tansu does) turns it into end-to-end latency at low rates. Very short waits cost
+    the other way: at 5,000 states/s, 10 ms had tansu at about 65 % of a core serving
+    fetches, and p50/p99 produce-to-decision latency was worse than with 100 ms
+    (`bwp bench pipeline --rate 5000`; see docs/operations.md).
+    """
     from faust.transport.drivers import aiokafka as fa
 
     cls = fa.AIOKafkaConsumerThread
+    cls._bwp_fetch_wait_ms = wait_ms
     if getattr(cls, "_bwp_patched", False):
         return
     original = cls._create_worker_consumer
 
     def create(self: Any, transport: Any) -> Any:
         consumer = original(self, transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start() for its Fetcher
+        consumer._fetch_max_wait_ms = cls._bwp_fetch_wait_ms  # read by AIOKafkaConsumer.start() for its Fetcher
         return consumer
 
     cls._create_worker_consumer = create
     cls._bwp_patched = True
 
 
-#: Channel queues of the running take_batches() loops (one per worker process).
-_BATCH_QUEUES: list[Any] = []
+class BulkFeed:
+    """Messages of one topic handed from Faust's fetch loop to the worker in bulk.
+
+    Faust delivers every record through its per-event path (conductor callback, Event,
+    channel queue, Stream, processors, per-event ack): about 100 us of CPU per record,
+    which capped one worker well below the model's rate. For the feed's topic the
+    patched fetch loop (:func:`_patch_drain`) instead hands over each ``getmany`` result
+    as one list of Faust ``ConsumerMessage`` s. Faust still owns the consumer group,
+    assignment, seeks and offset commits; the worker acks each message with
+    ``Consumer.ack`` once the batch's outputs are acknowledged by the broker.
+
+    Bounded by records (``max_records``), so a slow worker stops the fetch loop (and,
+    through the consumer's own buffers, fetching) instead of filling memory.
+    """
+
+    def __init__(self, topic: str, max_records: int) -> None:
+        self.topic = topic
+        self.max_records = max_records
+        self._lists: deque[list[Any]] = deque()
+        self._queued = 0
+        self._readable: asyncio.Event | None = None
+        self._writable: asyncio.Event | None = None
+
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        if self._readable is None or self._writable is None:  # created in the running loop
+            self._readable, self._writable = asyncio.Event(), asyncio.Event()
+            self._writable.set()
+        return self._readable, self._writable
+
+    def has_room(self) -> bool:
+        return self._queued < self.max_records
+
+    def put_nowait(self, msgs: list[Any]) -> None:
+        readable, writable = self._events()
+        self._lists.append(msgs)
+        self._queued += len(msgs)
+        readable.set()
+        if not self.has_room():
+            writable.clear()
+
+    async def put(self, msgs: list[Any]) -> None:
+        """Queue ``msgs``, waiting for room first."""
+        _, writable = self._events()
+        while not self.has_room():
+            await writable.wait()
+        self.put_nowait(msgs)
+
+    async def get(self, max_: int) -> list[Any]:
+        """The next at most ``max_`` messages in fetch order (waits for at least one)."""
+        readable, writable = self._events()
+        while not self._lists:
+            readable.clear()
+            await readable.wait()
+        out: list[Any] = []
+        while self._lists and len(out) < max_:
+            head = self._lists[0]
+            room = max_ - len(out)
+            if len(head) <= room:
+                out.extend(self._lists.popleft())
+            else:
+                out.extend(head[:room])
+                self._lists[0] = head[room:]
+        self._queued -= len(out)
+        if self.has_room():
+            writable.set()
+        return out
+
+    def clear(self) -> int:
+        """Drop everything queued (a rebalance: Faust seeks back to the committed offsets)."""
+        n = self._queued
+        self._lists.clear()
+        self._queued = 0
+        if self._writable is not None:
+            self._writable.set()
+        return n
+
+
+#: topic name -> its BulkFeed (one worker per process).
+_BULK_FEEDS: dict[str, BulkFeed] = {}
 
 
 def _patch_drain() -> None:
-    """Faust's fetch loop with a cheaper hand-off of each message to its stream.
+    """Faust's fetch loop, with the messages of :data:`_BULK_FEEDS` topics handed over in bulk.
 
-    ``Consumer._drain_messages`` hands every message over with
-    ``await self.wait_first(callback(message), self.suspend_flow.wait())``: two tasks and an
-    ``asyncio.wait`` per record, so that a callback blocked on a full (or paused) stream
-    queue cannot hold up a rebalance. When the flow is active and our stream's queue has
-    room, the callback cannot block, so it is awaited directly; otherwise (rebalance, full
-    buffer, unknown queue) Faust's original hand-off is used. Everything else is Faust's loop.
+    ``Consumer._drain_messages`` hands every message to the conductor with
+    ``await self.wait_first(callback(message), self.suspend_flow.wait())``: two tasks, an
+    ``asyncio.wait`` and then Faust's per-event path per record. Messages of a bulk topic
+    are collected instead, and each ``getmany`` result goes to its :class:`BulkFeed` in one
+    step (through ``wait_first`` on ``suspend_flow`` only when the feed is full, so a
+    blocked hand-off never holds up a rebalance). Other topics keep Faust's path, and
+    everything else (read offsets, gaps, commit_every) is Faust's loop.
     """
     from faust.transport import consumer as fc
 
@@ -382,27 +555,19 @@ def _patch_drain() -> None:
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
-        flow_active = self.app.flow_control.is_active
+        bulk_feed = _BULK_FEEDS.get
         yield_every = 100
         num_since_yield = 0
         sleep = asyncio.sleep
-
-        def can_block() -> bool:
-            if not flow_active() or not _BATCH_QUEUES:
-                return True
-            return any(q.maxsize and q.qsize() >= q.maxsize - 1 for q in _BATCH_QUEUES)
 
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
+                bulk: dict[BulkFeed, list[Any]] = {}
                 if not self.should_stop:
                     async for tp, message in ait:
-                        num_since_yield += 1
-                        if num_since_yield > yield_every:
-                            await sleep(0)
-                            num_since_yield = 0
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -414,11 +579,26 @@ def _patch_drain() -> None:
                                 if self._n_acked >= commit_every:
                                     self._n_acked = 0
                                     await self.commit()
-                            if can_block():
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            feed = bulk_feed(message.topic)
+                            if feed is not None:
+                                msgs = bulk.get(feed)
+                                if msgs is None:
+                                    msgs = bulk[feed] = []
+                                msgs.append(message)
                             else:
-                                await callback(message)
+                                num_since_yield += 1
+                                if num_since_yield > yield_every:
+                                    await sleep(0)
+                                    num_since_yield = 0
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
                             set_read_offset(tp, offset)
+                    for feed, msgs in bulk.items():
+                        if feed.has_room():
+                            feed.put_nowait(msgs)
+                        else:
+                            # Dropped if the flow is suspended meanwhile (a rebalance):
+                            # Faust then seeks back to the committed offsets.
+                            await self.wait_first(feed.put(msgs), self.suspend_flow.wait())
                     unset_flag(flag_consumer_fetching)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -442,7 +622,7 @@ def make_app(settings: Settings) -> Any:
     """The Faust app: group = ``settings.consumer_group``, raw bytes in, no tables, no web server."""
     import faust
 
-    _patch_fetch_wait()
+    _patch_fetch_wait(settings.fetch_max_wait_ms)
     _patch_drain()
 
     datadir = settings.state_dir / "faust"
@@ -475,88 +655,12 @@ def make_app(settings: Settings) -> Any:
         autodiscover=False,
         web_enabled=False,
         datadir=str(datadir),
-        stream_buffer_maxsize=max(4096, 2 * settings.batch_max),
         broker_max_poll_records=max(500, settings.batch_max),
         # offsets are committed only for acked events; waiting for an empty stream at
         # shutdown would process records after the predictor executor is gone
         stream_wait_empty=False,
         **kw,
     )
-
-
-async def take_batches(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
-    """Faust's ``Stream.take_events`` with one change: a batch is handed over as soon as no
-    further event is queued, not only when it is full or ``within`` expired.
-
-    ``take_events`` stops buffering while the caller processes a batch and then waits the
-    full ``within`` for the next one, so batches stay as small as ``within`` x Faust's
-    per-event rate (about 300 records at 20 ms here) even when thousands are queued, and a
-    lone record at a low rate always waits ``within``. Here a quiet stream gives one-record
-    batches at once (latency), a backlog gives ``max_``-record batches (throughput).
-    Acking is as in ``take_events``: a batch's events are acked when the caller asks for
-    the next batch, i.e. after it has published everything the batch produced.
-    """
-    from mode.utils.futures import notify
-
-    events: list[Any] = []
-    buffer_full = asyncio.Event()
-    buffer_consumed = asyncio.Event()
-    buffer_consuming: asyncio.Future | None = None
-    queue = getattr(stream.channel, "queue", None)
-    queue_empty = queue.empty if queue is not None else (lambda: False)
-    channel_it = aiter(stream.channel)
-    stream_enable_acks = stream.enable_acks
-
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal buffer_consuming
-        try:
-            if buffer_consuming is not None:  # the caller is processing the last batch
-                try:
-                    await buffer_consuming
-                finally:
-                    buffer_consuming = None
-            event = stream.current_event
-            if event is None:
-                raise RuntimeError("take_batches found current_event is None")
-            events.append(event)
-            if len(events) >= max_:
-                buffer_full.set()
-                buffer_consumed.clear()
-                await stream.wait(buffer_consumed)  # never more than max_ per batch
-            elif queue_empty():
-                buffer_full.set()  # nothing else is waiting: hand over what we have
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            stream.log.exception("Error adding to take_batches buffer: %r", exc)
-            await stream.crash(exc)
-        return value
-
-    # acks are ours: the events of a batch are acked after the caller is done with it
-    stream.enable_acks = False
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(channel_it)  # noqa: SLF001 - exactly what take_events does
-    if queue is not None:
-        _BATCH_QUEUES.append(queue)
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(buffer_full, timeout=within)
-            if events:
-                buffer_consuming = stream.loop.create_future()
-                try:
-                    yield list(events)
-                finally:
-                    for event in events:
-                        await stream.ack(event)
-                    events.clear()
-                    notify(buffer_consuming)
-                    buffer_full.clear()
-                    buffer_consumed.set()
-    finally:
-        if queue is not None and queue in _BATCH_QUEUES:
-            _BATCH_QUEUES.remove(queue)
-        stream.enable_acks = stream_enable_acks
-        stream._processors.remove(add_to_buffer)  # noqa: SLF001
 
 
 class KafkaWorker:
@@ -576,7 +680,12 @@ class KafkaWorker:
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-produce")
         self.publisher = Publisher(settings, self.metrics, self.io_executor)
         self.app = make_app(settings)
+        # Subscribed through Faust's conductor (group, assignment, offsets), but consumed
+        # in bulk: see BulkFeed.
         self.topic = self.app.topic(settings.telemetry_topic, key_type=bytes, value_type=bytes, internal=False)
+        self.app.topics.add(self.topic)
+        self.feed = BulkFeed(settings.telemetry_topic, max_records=4 * settings.batch_max)
+        _BULK_FEEDS[settings.telemetry_topic] = self.feed
         self.batches = 0
         self._install()
 
@@ -584,40 +693,56 @@ class KafkaWorker:
         s = self.settings
         app = self.app
 
-        @app.agent(self.topic, concurrency=1, name="bwp-decide")
-        async def decide(stream: Any) -> None:
-            async for events in take_batches(stream, s.batch_max, s.batch_timeout_s):
-                await self.handle(events)
+        @app.task
+        async def decide() -> None:
+            # The one decision loop (what an agent of concurrency 1 would be): micro-batches
+            # in fetch order; see PipelineCore.stream for the two overlapped stages.
+            try:
+                await self.core.stream(self._next_batch, self._publish, self._done, self.settings.pipeline_depth)
+            except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                raise  # shutdown mid-batch: nothing unfinished was acked, so it is read again
+            except BaseException:
+                # A bug (Redis, predictor and produce failures are retried inside). Carrying
+                # on would leave a hole below which Faust never commits again; exit instead
+                # and let the supervisor restart us - redelivery and the window store's ack
+                # seqs make the restart lossless and duplicate-free.
+                log.critical("unexpected error in a micro-batch, exiting (code 70) for a clean restart", exc_info=True)
+                logging.shutdown()
+                os._exit(70)
 
         @app.timer(interval=2.0)
         async def lag() -> None:
             self._update_lag()
 
-    async def handle(self, events: Sequence[Any]) -> None:
-        """Process one micro-batch of Faust events; returns only when its outputs are acknowledged."""
-        try:
-            batch = [
-                InRecord(e.message.value, e.message.key, e.message.topic, e.message.partition, e.message.offset)
-                for e in events
-            ]
-            await self.core.run(batch, self._publish)
-            self.batches += 1
-        except BaseException as exc:
-            # Shutdown (or a bug) mid-batch: take_events acks the batch's events when
-            # its generator is closed, which would let Faust commit offsets of records
-            # whose decisions were never published. Marking the messages as already
-            # acked turns those acks into no-ops, so the records are redelivered.
-            for e in events:
-                e.message.acked = True
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                raise
-            # Anything else is a bug (Redis, predictor and produce failures are retried
-            # inside). Carrying on would leave a hole below which Faust never commits
-            # again; exit instead and let the supervisor restart us - redelivery and the
-            # window store's ack seqs make the restart lossless and duplicate-free.
-            log.critical("unexpected error in a micro-batch, exiting (code 70) for a clean restart", exc_info=True)
-            logging.shutdown()
-            os._exit(70)
+        @app.on_partitions_revoked.connect
+        async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+            # Faust seeks every partition back to its committed offset after a
+            # rebalance; what is queued here would be read again (or by another worker).
+            dropped = self.feed.clear()
+            if dropped:
+                log.info("rebalance: dropped %d queued records; they are read again from the committed offsets", dropped)
+
+    async def _next_batch(self) -> list[Any]:
+        """The next micro-batch of Faust ``ConsumerMessage`` s of the current generation.
+
+        Records fetched before a rebalance are skipped, as Faust's Stream skips them:
+        Faust re-reads them from the committed offsets.
+        """
+        while True:
+            generation = self.app.consumer_generation_id
+            batch = [m for m in await self.feed.get(self.settings.batch_max) if m.generation_id == generation]
+            if batch:
+                return batch
+
+    def _done(self, batch: Sequence[Any]) -> None:
+        """Every decision and dead letter of ``batch`` is acknowledged by the broker: ack its
+        messages, so Faust may commit their offsets."""
+        self.batches += 1
+        generation = self.app.consumer_generation_id
+        ack = self.app.consumer.ack
+        for m in batch:
+            if m.generation_id == generation:  # else: no longer ours to commit
+                ack(m)
 
     async def _publish(self, out: BatchOutput) -> None:
         t0 = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from stream.drift import CLIP, LiveAccuracy, RetrainFlag, relative_error
 
@@ -151,3 +152,34 @@ def test_tracker_reports_drift_events():
         bw = nxt
     assert events and all(e.profile == "datacenter" for e in events)
     assert 1500 < events[0].n_observed < 1700
+
+
+@given(
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+    st.floats(allow_nan=True, allow_infinity=True, width=64),
+)
+def test_relative_errors_is_relative_error_elementwise(f, a):
+    from stream.drift import relative_errors
+
+    got = relative_errors([f, f], [a, a])
+    want = relative_error(f, a)
+    assert got.shape == (2,)
+    assert got[0] == pytest.approx(want) and got[1] == got[0]
+
+
+def test_observe_errors_equals_one_observe_per_step():
+    from stream.drift import relative_errors
+
+    rng = np.random.default_rng(3)
+    actual = rng.uniform(50, 150, 3000)
+    forecast = actual * np.where(np.arange(3000) < 1500, 1.01, 1.6)  # the model breaks half-way
+    base = actual * 1.05
+    one, many = LiveAccuracy(), LiveAccuracy()
+    hits = [i for i in range(3000) if one.observe("dc", forecast[i], base[i], actual[i])]
+    found = 0
+    for lo in range(0, 3000, 700):  # micro-batches of 700 steps
+        found += many.observe_errors("dc", relative_errors(forecast[lo : lo + 700], actual[lo : lo + 700]),
+                                     relative_errors(base[lo : lo + 700], actual[lo : lo + 700]))
+    assert hits and found == len(hits)
+    assert [e.n_observed for e in many.events] == [e.n_observed for e in one.events]
+    assert many.stats() == one.stats()

@@ -77,3 +77,49 @@ def test_metrics_endpoint_serves_the_registry():
         except OSError:
             time.sleep(0.05)
     assert "bwp_records_consumed_total 7.0" in body
+
+
+# --- observe_many: the worker's bulk histogram update equals a loop of observe() ------------
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+from stream.metrics import observe_many  # noqa: E402
+
+
+def _hist_samples(registry) -> dict:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in registry.collect()
+        for s in fam.samples
+        if not s.name.endswith("_created")
+    }
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True, width=64),
+            st.sampled_from([0.005, 0.01, 0.1, 60.0, 0.0, -1.0]),  # exactly on bucket bounds, below all
+        ),
+        max_size=60,
+    )
+)
+def test_observe_many_matches_observe_loop(values):
+    import math
+
+    a, b = WorkerMetrics.create(CollectorRegistry()), WorkerMetrics.create(CollectorRegistry())
+    a_child, b_child = a.live_rel_error.labels("lstm", "internet"), b.live_rel_error.labels("lstm", "internet")
+    for v in values:
+        a.e2e_latency_seconds.observe(v)
+        a_child.observe(v)
+    observe_many(b.e2e_latency_seconds, values)
+    observe_many(b_child, values)
+    sa, sb = _hist_samples(a.registry), _hist_samples(b.registry)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        x, y = sa[k], sb[k]
+        if k[0].endswith("_sum"):
+            # a sum of the same floats in another order: equal up to rounding (or both NaN/inf)
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=1e-9, abs=1e-9), k
+        else:
+            assert x == y, k

@@ -122,18 +122,37 @@ def test_cli_models_and_evaluate(model_dir, capsys):
     assert main(["models", "rollback", "--model-dir", str(model_dir)]) == 2  # nothing to roll back to
 
 
-def test_predict_never_retraces_after_warm_up(predictor):
-    from ml.predict import BUCKETS
+def _tracing_counts(predictor) -> int:
+    fns = [predictor._forecast_fn, predictor._policy_fn]
+    if predictor.xla:
+        fns += [predictor._forecast_xla, predictor._policy_xla]
+    return sum(f.experimental_get_tracing_count() for f in fns)
 
-    before = (predictor._forecast_fn.experimental_get_tracing_count(),
-              predictor._policy_fn.experimental_get_tracing_count())
-    assert before == (len(BUCKETS), len(BUCKETS))  # one trace per bucket, done at load
+
+def test_predict_never_retraces_after_warm_up(predictor):
+    before = _tracing_counts(predictor)
+    assert before == 2 * len(predictor.buckets())  # one trace per bucket and function, done at load
     w = _sim_windows()
     for n in (1, 2, 7, 9, 63, 100, 300, 1000, 5000):
         predictor.predict(np.resize(w, (n, 10, 4)))
-    after = (predictor._forecast_fn.experimental_get_tracing_count(),
-             predictor._policy_fn.experimental_get_tracing_count())
-    assert after == before
+    assert _tracing_counts(predictor) == before
+
+
+def test_xla_and_plain_graph_predict_the_same(model_dir):
+    from ml.predict import XLA_MIN, Predictor
+    from ml.registry import load_version
+
+    loaded = load_version(model_dir)
+    xla, plain = Predictor(loaded, xla=True), Predictor(loaded, xla=False)
+    assert xla.xla and not plain.xla
+    w = np.resize(_sim_windows(), (3000, 10, 4))  # XLA chunks of 1024, plain graph in one 4096 bucket
+    a, b = xla.predict(w), plain.predict(w)
+    np.testing.assert_allclose(a.bandwidth_mbps, b.bandwidth_mbps, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(a.reference_bandwidth_mbps, b.reference_bandwidth_mbps)
+    # argmax of Q-values equal up to float32 rounding: the same action nearly everywhere
+    assert np.mean(a.action == b.action) > 0.999
+    small = w[: XLA_MIN // 2]  # a bucket below XLA_MIN: both use the plain graph, identical
+    np.testing.assert_array_equal(xla.predict(small).bandwidth_mbps, plain.predict(small).bandwidth_mbps)
 
 
 def test_serving_import_does_not_pull_in_training_code(model_dir):

@@ -256,3 +256,166 @@ def test_crash_after_a_chunk_window_update_loses_no_decision(bwp_settings):
     keys = [(d.link_id, d.seq) for d in published]
     assert sorted(set(keys)) == [("lk-0001", s) for s in range(WINDOW - 1, 40)]
     assert len(keys) == len(set(keys))  # and nothing was decided twice
+
+
+# --- PipelineCore.stream: the worker's two overlapped stages -----------------------------------
+def _stream_until(core, batches, publish, depth, expect_done):
+    """Feed ``batches`` through ``core.stream`` and stop once ``expect_done`` batches are done."""
+    feed = list(batches)
+    done: list = []
+    finished = asyncio.Event()
+
+    async def next_batch():
+        if feed:
+            return feed.pop(0)
+        await asyncio.Event().wait()  # no more input: park like an idle consumer
+
+    def on_done(batch):
+        done.append(batch)
+        if len(done) == expect_done:
+            finished.set()
+
+    async def go():
+        task = asyncio.ensure_future(core.stream(next_batch, publish, on_done, depth))
+        await asyncio.wait_for(finished.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return done
+
+    return go()
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_stream_decides_every_state_once_in_order(bwp_settings, depth):
+    links, steps = 7, 30
+    recs = [make_record(k, s) for s in range(steps) for k in range(links)]
+    raw = _raw(recs)
+    batches = [raw[i : i + 25] for i in range(0, len(raw), 25)]
+    published: list = []
+    in_flight_seen: list[int] = []
+
+    async def go(core):
+        async def publish(out):
+            in_flight_seen.append(len(core._in_flight))
+            published.extend(out.decisions)
+
+        return await _stream_until(core, batches, publish, depth, len(batches))
+
+    done = run_core(bwp_settings, go)
+    assert [b[0].offset for b in done] == [b[0].offset for b in batches]  # done in order
+    keys = [(d.link_id, d.seq) for d in published]
+    assert len(keys) == len(set(keys)) == links * (steps - WINDOW + 1)
+    for k in range(links):  # per link, decisions are published in seq order
+        seqs = [d.seq for d in published if d.link_id == f"lk-{k:04d}"]
+        assert seqs == list(range(WINDOW - 1, steps))
+    assert max(in_flight_seen) <= depth
+
+
+def test_stream_bounds_unacknowledged_states_per_link(bwp_settings):
+    """A backlog of one link: with depth d, no chunk holds more than MAX_UNACKED_PER_LINK // d
+    of its states, so at most MAX_UNACKED_PER_LINK are between window update and confirmation."""
+    from stream.window import MAX_UNACKED_PER_LINK
+
+    recs = [make_record(1, s) for s in range(60)]
+    sizes: list[int] = []
+
+    async def go(core):
+        async def publish(out):
+            sizes.append(sum(len(o.records) for o in core._in_flight))
+
+        orig = core._update
+
+        async def update(chunk, out):
+            assert len(chunk) <= MAX_UNACKED_PER_LINK // 2
+            return await orig(chunk, out)
+
+        core._update = update
+        return await _stream_until(core, [_raw(recs)], publish, 2, 1)
+
+    run_core(bwp_settings, go)
+    assert sizes and max(sizes) <= MAX_UNACKED_PER_LINK
+
+
+def test_stream_same_state_in_two_unconfirmed_chunks_gets_one_decision(bwp_settings):
+    """The copy of a state arrives in the next batch while the first copy's decision is not
+    confirmed yet (pipelining): Redis calls it REDELIVERED, the in-flight check drops it."""
+    first = [make_record(1, s) for s in range(WINDOW)]
+    again = [make_record(1, WINDOW - 1), make_record(1, WINDOW)]
+    published: list = []
+    release = asyncio.Event()
+
+    async def go(core):
+        async def publish(out):
+            if not published and out.decisions:
+                # hold the first decision unconfirmed until the next batch was updated
+                await asyncio.sleep(0.3)
+            published.extend(out.decisions)
+
+        return await _stream_until(core, [_raw(first), _raw(again)], publish, 2, 2)
+
+    run_core(bwp_settings, go)
+    keys = [(d.link_id, d.seq) for d in published]
+    assert keys == [("lk-0001", WINDOW - 1), ("lk-0001", WINDOW)]
+    del release
+
+
+def test_stream_stops_on_a_stage_error_without_acking(bwp_settings):
+    recs = [make_record(1, s) for s in range(WINDOW + 2)]
+    done: list = []
+
+    async def go(core):
+        async def publish(out):
+            raise RuntimeError("bug in publish")
+
+        async def next_batch():
+            return _raw(recs)
+
+        with pytest.raises(RuntimeError, match="bug in publish"):
+            await asyncio.wait_for(core.stream(next_batch, publish, done.append, 2), 30)
+        assert not core._in_flight
+
+    run_core(bwp_settings, go)
+    assert done == []
+
+
+# --- BulkFeed: getmany results from Faust's fetch loop to the decision loop --------------------
+def test_bulk_feed_keeps_order_splits_at_max_and_bounds_by_records():
+    from stream.worker import BulkFeed
+
+    async def go():
+        feed = BulkFeed("tel", max_records=10)
+        feed.put_nowait(list(range(0, 6)))
+        feed.put_nowait(list(range(6, 12)))  # 12 queued: over the bound
+        assert not feed.has_room()
+        put = asyncio.ensure_future(feed.put(list(range(12, 15))))
+        await asyncio.sleep(0.01)
+        assert not put.done()  # waits for room
+        assert await feed.get(4) == [0, 1, 2, 3]  # split inside the first list
+        assert await feed.get(5) == [4, 5, 6, 7, 8]  # and across lists
+        await asyncio.wait_for(put, 1)  # 3 left + 3 = room again
+        assert await feed.get(100) == [9, 10, 11, 12, 13, 14]
+        getter = asyncio.ensure_future(feed.get(100))
+        await asyncio.sleep(0.01)
+        assert not getter.done()  # empty: waits for the next list
+        feed.put_nowait([15])
+        assert await asyncio.wait_for(getter, 1) == [15]
+        feed.put_nowait([16, 17])
+        assert feed.clear() == 2 and feed.has_room()  # a rebalance drops what is queued
+
+    asyncio.run(go())
+
+
+def test_reorder_puts_per_slot_results_back_in_record_order():
+    """Redis Cluster path: calls grouped by slot, results mapped back to record order."""
+    from stream.window import BatchUpdate, Outcome, _reorder
+
+    # records 0..4; slot A got [0, 2, 4], slot B got [1, 3]; 2 and 3 have windows
+    w2, w3 = np.full((WINDOW, 4), 2.0), np.full((WINDOW, 4), 3.0)
+    a = BatchUpdate(np.array([Outcome.FILLING, Outcome.FULL, Outcome.DUPLICATE], np.int8),
+                    np.array([5, 0, 0], np.uint8), w2[None])
+    b = BatchUpdate(np.array([Outcome.STALE, Outcome.REDELIVERED], np.int8), np.zeros(2, np.uint8), w3[None])
+    got = _reorder([a, b], [[0, 2, 4], [1, 3]], 5)
+    assert got.outcomes.tolist() == [Outcome.FILLING, Outcome.STALE, Outcome.FULL, Outcome.REDELIVERED, Outcome.DUPLICATE]
+    assert got.filled.tolist() == [5, 0, 0, 0, 0]
+    assert got.windows[:, 0, 0].tolist() == [2.0, 3.0]
