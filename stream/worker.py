@@ -729,8 +729,9 @@ class KafkaWorker:
         Faust re-reads them from the committed offsets.
         """
         while True:
-            generation = self.app.consumer_generation_id
-            batch = [m for m in await self.feed.get(self.settings.batch_max) if m.generation_id == generation]
+            msgs = await self.feed.get(self.settings.batch_max)
+            generation = self.app.consumer_generation_id  # now, not before the wait
+            batch = [m for m in msgs if m.generation_id == generation]
             if batch:
                 return batch
 
