@@ -96,6 +96,8 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "window_ttl_s": ("3600", 3600),
         "key_prefix": ("bwpx", "bwpx"),
         "batch_max": ("64", 64),
+        "fetch_max_wait_ms": ("250", 250),
+        "pipeline_depth": ("3", 3),
         "metrics_port": ("9999", 9999),
         "state_dir": ("/tmp/bwp-state-x", Path("/tmp/bwp-state-x")),
         "model_dir": ("/tmp/bwp-models-x", Path("/tmp/bwp-models-x")),
