@@ -158,8 +158,11 @@ def test_drift_is_counted_and_requests_a_retrain_in_redis(bwp_settings) -> None:
     _run(core, [recs[i : i + 5] for i in range(0, len(recs), 5)])  # one step per batch
 
     assert scorer.live.detections("internet") >= 1  # +400 Mbit/s on ~20 Mbit/s links: clipped at 200 %
-    for profile in ("datacenter", "internet"):
+    detected = set()
+    for profile in ("datacenter", "internet", "unknown"):  # link 3 has no profile: "unknown"
         assert _sample(metrics, "bwp_drift_detections_total", profile=profile) == scorer.live.detections(profile)
+        if scorer.live.detections(profile):
+            detected.add(profile)
     r = redis.Redis.from_url(bwp_settings.redis_url)
     try:
         key = f"{bwp_settings.key_prefix}:retrain_requested"
@@ -171,7 +174,8 @@ def test_drift_is_counted_and_requests_a_retrain_in_redis(bwp_settings) -> None:
             asyncio.run(asyncio.sleep(0.05))
         assert raw, "retrain flag not set in Redis"
         flag = json.loads(raw)
-        assert flag["profile"] in ("datacenter", "internet") and "drift on profile" in flag["reason"]
+        # each detection writes the flag from its own thread: the last write wins, any detected profile
+        assert flag["profile"] in detected and f"drift on profile {flag['profile']}" in flag["reason"]
     finally:
         r.close()
     assert not (bwp_settings.model_dir / "retrain-requested.json").exists()  # Redis only: model dir is read-only
