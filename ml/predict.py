@@ -2,9 +2,10 @@
 
 This is the only ml module that serving code imports. It depends on the registry,
 the feature transform and the policy observation only (never on training code).
-Forward passes are compiled ``tf.function``s with ``training=False``, traced once
-per batch bucket at load time, so steady-state calls never retrace. Buckets of
-``XLA_MIN`` windows and more (the worker's batches under load) run XLA-compiled
+The serving path (preprocessing, LSTM with ``training=False``, policy observation,
+Q-net) is one compiled ``tf.function`` (:mod:`ml.serve_graph`), traced once per batch
+bucket at load time, so steady-state calls never retrace. Buckets of ``XLA_MIN``
+windows and more (the worker's batches under load) run XLA-compiled
 (``jit_compile=True``): `bwp bench model` and the pipeline bench measured the LSTM
 forward pass at about 21 us/window in chunks of 1024 against 35 us without XLA, with
 outputs equal to float32 rounding (a test checks). ``BWP_TF_XLA=0`` turns it off.
@@ -87,8 +88,10 @@ def _bucket(n: int) -> int:
 
 
 class Predictor:
-    """A loaded, verified model version with compiled forward passes.
+    """A loaded, verified model version with its serving path compiled.
 
+    The serving path (preprocessing, LSTM, policy observation, Q-net) is one
+    TensorFlow function (:mod:`ml.serve_graph`), traced once per batch bucket at load.
     Thread-safe for concurrent callers (a lock serialises calls; TF itself uses the
     configured intra-op threads).
     """
@@ -96,7 +99,7 @@ class Predictor:
     def __init__(self, loaded: Any, xla: bool | None = None) -> None:
         import tensorflow as tf
 
-        from ml.policy_features import OBS_DIM
+        from ml.serve_graph import serving_function
 
         self.version: str = loaded.version
         self.metadata: dict[str, Any] = loaded.metadata
@@ -104,22 +107,13 @@ class Predictor:
         self._lstm = loaded.lstm
         self._qnet = loaded.qnet
         self._lock = threading.Lock()
-        self._obs_dim = OBS_DIM
-        lstm, qnet = self._lstm, self._qnet
-
-        def forecast(x):
-            return tf.reshape(lstm(x, training=False), [-1])
-
-        def policy(obs):
-            return tf.argmax(qnet(obs, training=False), axis=1, output_type=tf.int32)
-
+        self._raw: dict[bool, tuple[Any, Any]] = {}
+        serve = serving_function(self.preprocessor, self._lstm, self._qnet)
         # One concrete function per bucket: shapes are static, so nothing retraces later.
-        self._forecast_fn = tf.function(forecast, reduce_retracing=False)
-        self._policy_fn = tf.function(policy, reduce_retracing=False)
+        self._serve_fn = tf.function(serve, reduce_retracing=False)
         self.xla = xla_enabled() if xla is None else xla
         if self.xla:
-            self._forecast_xla = tf.function(forecast, reduce_retracing=False, jit_compile=True)
-            self._policy_xla = tf.function(policy, reduce_retracing=False, jit_compile=True)
+            self._serve_xla = tf.function(serve, reduce_retracing=False, jit_compile=True)
             try:
                 self._warm_up()
             except Exception as exc:  # noqa: BLE001 - a TF build without a working XLA CPU JIT
@@ -132,11 +126,9 @@ class Predictor:
     def max_chunk(self) -> int:
         return XLA_CHUNK if self.xla else BUCKETS[-1]
 
-    def _fns(self, bucket: int) -> tuple[Any, Any]:
-        """(forecast, policy) compiled functions serving ``bucket``."""
-        if self.xla and bucket >= XLA_MIN:
-            return self._forecast_xla, self._policy_xla
-        return self._forecast_fn, self._policy_fn
+    def _fn(self, bucket: int) -> Any:
+        """The compiled serving function for ``bucket``."""
+        return self._serve_xla if self.xla and bucket >= XLA_MIN else self._serve_fn
 
     def buckets(self) -> list[int]:
         """The batch sizes served (each compiled once, at load)."""
@@ -144,34 +136,28 @@ class Predictor:
 
     def _warm_up(self) -> None:
         for b in self.buckets():
-            f, p = self._fns(b)
-            f(np.zeros((b, WINDOW, len(FEATURES)), np.float32))
-            p(np.zeros((b, self._obs_dim), np.float32))
+            self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64))
 
-    def _run(self, which: int, x: np.ndarray) -> np.ndarray:
-        """Apply the compiled forecast (``which`` 0) or policy (1) on bucket-padded chunks
-        of ``x``; returns (N, ...) numpy."""
-        n = x.shape[0]
+    def _run(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The serving function on bucket-padded chunks of ``w`` (N, 10, 4) float64:
+        (forecast, action, reference), each (N,)."""
+        n = w.shape[0]
         step = self.max_chunk
-        outs = []
+        outs: list[tuple[np.ndarray, ...]] = []
         for start in range(0, n, step):
-            chunk = x[start : start + step]
+            chunk = w[start : start + step]
             m = chunk.shape[0]
             b = _bucket(m)
-            if m < b:
-                pad = np.zeros((b - m,) + chunk.shape[1:], dtype=np.float32)
-                chunk = np.concatenate([chunk, pad])
-            outs.append(self._fns(b)[which](chunk).numpy()[:m])
-        return np.concatenate(outs)
+            if m < b:  # zero windows (an outage) are valid input; their rows are dropped
+                chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], dtype=np.float64)])
+            outs.append(tuple(t.numpy()[:m] for t in self._fn(b)(chunk)))
+        if len(outs) == 1:
+            return outs[0]  # type: ignore[return-value]
+        return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
 
     def forecast(self, windows: np.ndarray) -> np.ndarray:
         """LSTM forecast only: (N, 10, 4) Mbit/s -> (N,) Mbit/s."""
-        w = self._check(windows)
-        if w.shape[0] == 0:
-            return np.zeros((0,))
-        with self._lock:
-            z = self._run(0, self.preprocessor.transform(w))  # (N,) standardised
-        return self.preprocessor.inverse_target(z, w)
+        return self.predict(windows).bandwidth_mbps
 
     def predict(self, windows: np.ndarray) -> Prediction:
         """Forecast, action and reference bandwidth for each window.
@@ -179,31 +165,37 @@ class Predictor:
         ``windows`` is (N, 10, 4) in raw units (Mbit/s, ms, ratios), FEATURES order,
         oldest row first. N = 0 gives empty arrays.
         """
-        from ml.policy_features import observation, reference_bandwidth
-
         w = self._check(windows)
-        n = w.shape[0]
-        if n == 0:
+        if w.shape[0] == 0:
             return Prediction(np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
         with self._lock:
-            x = self.preprocessor.transform(w)  # (N, 10, 4) float32
-            z = self._run(0, x)  # (N,)
-            bw = self.preprocessor.inverse_target(z, w)  # (N,) Mbit/s
-            obs = observation(w, bw)  # (N, OBS_DIM)
-            act = self._run(1, obs).astype(np.int64)  # (N,)
-        return Prediction(bw, np.clip(act, 0, N_ACTIONS - 1), reference_bandwidth(w))
+            bw, act, ref = self._run(w)  # (N,) each
+        return Prediction(bw, act.astype(np.int64), ref)
 
     @staticmethod
     def _check(windows: np.ndarray) -> np.ndarray:
-        w = np.asarray(windows, dtype=np.float64)
+        w = np.ascontiguousarray(windows, dtype=np.float64)
         if w.ndim != 3 or w.shape[1:] != (WINDOW, len(FEATURES)):
             raise ValueError(f"windows must be (N, {WINDOW}, {len(FEATURES)}), got {w.shape}")
         return w
 
     def compiled_forward(self, x: np.ndarray, obs: np.ndarray) -> tuple[Any, Any]:
-        """Raw compiled LSTM and Q-net passes on already-prepared inputs of a bucket size (bench),
-        with the functions that serve that size."""
-        f, p = self._fns(_bucket(x.shape[0]))
+        """The two networks alone, compiled as serving compiles them (XLA when on), on
+        already-prepared inputs: the bench's bound. Compiled on first use."""
+        import tensorflow as tf
+
+        if self.xla not in self._raw:
+            lstm, qnet = self._lstm, self._qnet
+
+            def forecast(v):
+                return tf.reshape(lstm(v, training=False), [-1])
+
+            def policy(o):
+                return tf.argmax(qnet(o, training=False), axis=1, output_type=tf.int32)
+
+            self._raw[self.xla] = (tf.function(forecast, jit_compile=self.xla or None),
+                                   tf.function(policy, jit_compile=self.xla or None))  # fmt: skip
+        f, p = self._raw[self.xla]
         return f(x), p(obs)
 
 

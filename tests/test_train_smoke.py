@@ -123,15 +123,13 @@ def test_cli_models_and_evaluate(model_dir, capsys):
 
 
 def _tracing_counts(predictor) -> int:
-    fns = [predictor._forecast_fn, predictor._policy_fn]
-    if predictor.xla:
-        fns += [predictor._forecast_xla, predictor._policy_xla]
+    fns = [predictor._serve_fn] + ([predictor._serve_xla] if predictor.xla else [])
     return sum(f.experimental_get_tracing_count() for f in fns)
 
 
 def test_predict_never_retraces_after_warm_up(predictor):
     before = _tracing_counts(predictor)
-    assert before == 2 * len(predictor.buckets())  # one trace per bucket and function, done at load
+    assert before == len(predictor.buckets())  # one trace per bucket, done at load
     w = _sim_windows()
     for n in (1, 2, 7, 9, 63, 100, 300, 1000, 5000):
         predictor.predict(np.resize(w, (n, 10, 4)))
