@@ -21,9 +21,24 @@ import numpy as np
 
 from stream.cli import add_settings_flags, settings_from_args
 
-#: Timed calls per run, by batch size (about 0.2-1 s of work per run).
-CALLS = {1: 300, 100: 100, 1000: 20}
+#: Batch sizes timed by default.
+BATCHES = (1, 100, 1000)
 BOUND_BATCH = 1024
+
+
+def calls_for(batch: int) -> int:
+    """Timed calls per run for ``batch`` (about 0.2-1 s of work): 300 at 1, 100 at 100, 20 at 1000."""
+    return max(20, min(300, 10_000 // batch))
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,100,1000, got {text!r}") from exc
+    if not out or out[0] < 1 or out[-1] > 100_000:
+        raise argparse.ArgumentTypeError(f"batch sizes must be 1..100000, got {text!r}")
+    return out
 
 
 def register(bsub: argparse._SubParsersAction) -> None:
@@ -36,6 +51,9 @@ def register(bsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="JSON only (the default output is JSON too, indented)")
     p.add_argument("--repeats", type=int, default=5, help="runs per figure; the median is reported (default 5)")
+    p.add_argument("--batches", type=_batches, default=BATCHES, metavar="N,N,...",
+                   help="batch sizes to time (default 1,100,1000; batch_1000_vs_bound needs 1000). "
+                   "BWP_TF_XLA=0 times the plain graph instead of XLA")  # fmt: skip
     p.add_argument("--version", default=None, help="model version (default current)")
     add_settings_flags(p, "--model-dir")
     p.set_defaults(func=_bench_model)
@@ -58,13 +76,14 @@ def _percentiles(times_s: list[float], batch: int) -> dict[str, float]:
     }
 
 
-def run_bench(predictor: Any, repeats: int = 5) -> dict[str, Any]:
+def run_bench(predictor: Any, repeats: int = 5, batches: tuple[int, ...] = BATCHES) -> dict[str, Any]:
     """The benchmark figures for a loaded predictor (medians over ``repeats`` runs)."""
     from ml.policy_features import OBS_DIM
 
-    pool = _windows(max(CALLS) * 2 + BOUND_BATCH)
+    pool = _windows(max(batches) * 2 + BOUND_BATCH)
     out: dict[str, Any] = {}
-    for batch, calls in CALLS.items():
+    for batch in batches:
+        calls = calls_for(batch)
         runs = []
         for r in range(repeats):
             times = []
@@ -88,7 +107,9 @@ def run_bench(predictor: Any, repeats: int = 5) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         bound.append(BOUND_BATCH / float(np.median(times)))
     out["compiled_bound_per_s"] = float(np.median(bound))
-    out["batch_1000_vs_bound"] = out["batch_1000"]["per_s"] / out["compiled_bound_per_s"]
+    if "batch_1000" in out:
+        out["batch_1000_vs_bound"] = out["batch_1000"]["per_s"] / out["compiled_bound_per_s"]
+    out["xla"] = predictor.xla
     out["version"] = predictor.version
     out["repeats"] = repeats
     return out
@@ -111,7 +132,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         train(TrainConfig(quick=True, model_dir=model_dir))
     try:
         pred = load_predictor(model_dir, args.version)
-        res = run_bench(pred, max(1, args.repeats))
+        res = run_bench(pred, max(1, args.repeats), args.batches)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     # --- Worker ----------------------------------------------------------------------
     batch_max: int = Field(2048, ge=1, description="Largest micro-batch of records the worker processes at once.")
     fetch_max_wait_ms: int = Field(
-        100, ge=1, le=60_000,
+        50, ge=1, le=60_000,
         description="Longest time the broker may hold a worker's fetch when no data is there (ms).",
     )  # fmt: skip
     pipeline_depth: int = Field(

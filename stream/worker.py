@@ -177,26 +177,31 @@ class PipelineCore:
         on_done: Callable[[Sequence[InRecord]], None],
         depth: int = PIPELINE_DEPTH,
     ) -> None:
-        """Process batches from ``next_batch()`` forever, two stages overlapped.
+        """Process batches from ``next_batch()`` forever, in three overlapped stages.
 
         * front (event loop): decode, cut into chunks, update each chunk's windows in Redis;
-        * back: predict (in the predictor thread), ``await publish(out)``, :meth:`confirm`,
-          observers, and ``on_done(batch)`` once the batch's last chunk is confirmed.
+        * decide: predict (in the predictor thread);
+        * confirm: ``await publish(out)``, :meth:`confirm`, observers, and
+          ``on_done(batch)`` once the batch's last chunk is confirmed.
 
-        While the back predicts and publishes chunk k, the front decodes and updates the
-        windows of chunk k+1: the model thread and the event loop work at the same time
-        (they took turns before, and each core idled half the time). At most ``depth``
-        chunks are between their window update and their confirmation, and a chunk holds
-        at most ``MAX_UNACKED_PER_LINK // depth`` states of a link, so the unacknowledged
-        states of a link stay within what the window store can rebuild after a crash.
-        Chunks are published, confirmed and reported done in order. Returns only by an
-        exception (cancellation included), which stops both stages.
+        While the model predicts chunk k, the front decodes and updates the windows of
+        chunk k+1 and the confirm stage waits for the broker's acknowledgement of chunk
+        k-1: the model thread, the event loop and the broker work at the same time. (With
+        prediction and confirmation in one stage, the model idled during every
+        acknowledgement round trip: about a third of each cycle at 5,000 states/s.) At
+        most ``depth`` chunks are between their window update and their confirmation,
+        and a chunk holds at most ``MAX_UNACKED_PER_LINK // depth`` states of a link, so
+        the unacknowledged states of a link stay within what the window store can
+        rebuild after a crash. Chunks are published, confirmed and reported done in
+        order. Returns only by an exception (cancellation included), which stops every
+        stage.
         """
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         limit = max(1, MAX_UNACKED_PER_LINK // depth)
         slots: asyncio.Queue = asyncio.Queue(maxsize=depth)  # one token per unconfirmed chunk
-        handoff: asyncio.Queue = asyncio.Queue()
+        to_decide: asyncio.Queue = asyncio.Queue()
+        to_confirm: asyncio.Queue = asyncio.Queue()
         stopping = [False]
 
         async def front() -> None:
@@ -211,12 +216,18 @@ class PipelineCore:
                     await slots.put(None)  # waits while ``depth`` chunks are unconfirmed
                     owed = await self._update(chunk, out)
                     self._in_flight.append(owed)
-                    handoff.put_nowait((chunk, owed, predictor, out, batch if i == len(chunks) - 1 else None))
+                    to_decide.put_nowait((chunk, owed, predictor, out, batch if i == len(chunks) - 1 else None))
 
-        async def back() -> None:
+        async def decide() -> None:
             while not stopping[0]:
-                chunk, owed, predictor, out, done = await handoff.get()
+                item = await to_decide.get()
+                _, owed, predictor, out, _ = item
                 await self._decide(owed, predictor, out)
+                to_confirm.put_nowait(item)
+
+        async def confirm() -> None:
+            while not stopping[0]:
+                chunk, _, _, out, done = await to_confirm.get()
                 await publish(out)
                 await self.confirm(out)
                 self._in_flight.popleft()
@@ -226,7 +237,7 @@ class PipelineCore:
                 if done is not None:
                     on_done(done)
 
-        tasks = [asyncio.ensure_future(front()), asyncio.ensure_future(back())]
+        tasks = [asyncio.ensure_future(stage()) for stage in (front, decide, confirm)]
         try:
             finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in finished:
@@ -423,10 +434,10 @@ def _patch_fetch_wait(wait_ms: int) -> None:
     """Longest time the broker may hold a fetch when no data is there (``fetch_max_wait_ms``).
 
     Faust hard-codes 1500 ms; a broker that answers a parked fetch only at this deadline
-    (tansu does) turns it into end-to-end latency at low rates. Very short waits cost
-    the other way: at 5,000 states/s, 10 ms had tansu at about 65 % of a core serving
-    fetches, and p50/p99 produce-to-decision latency was worse than with 100 ms
-    (`bwp bench pipeline --rate 5000`; see docs/operations.md).
+    (tansu does: `bwp bench broker` measured p99 65 / 40 / 26 ms at 100 / 50 / 20 ms) turns
+    it into end-to-end latency. Very short waits cost the other way: at 5,000 states/s,
+    10 ms had tansu at about 65 % of a core serving fetches and the worker's latency got
+    worse; 50 ms measured best (docs/pipeline.md, Performance).
     """
     from faust.transport.drivers import aiokafka as fa
 
@@ -696,7 +707,7 @@ class KafkaWorker:
         @app.task
         async def decide() -> None:
             # The one decision loop (what an agent of concurrency 1 would be): micro-batches
-            # in fetch order; see PipelineCore.stream for the two overlapped stages.
+            # in fetch order; see PipelineCore.stream for the three overlapped stages.
             try:
                 await self.core.stream(self._next_batch, self._publish, self._done, self.settings.pipeline_depth)
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):

@@ -258,7 +258,7 @@ def test_crash_after_a_chunk_window_update_loses_no_decision(bwp_settings):
     assert len(keys) == len(set(keys))  # and nothing was decided twice
 
 
-# --- PipelineCore.stream: the worker's two overlapped stages -----------------------------------
+# --- PipelineCore.stream: the worker's three overlapped stages ---------------------------------
 def _stream_until(core, batches, publish, depth, expect_done):
     """Feed ``batches`` through ``core.stream`` and stop once ``expect_done`` batches are done."""
     feed = list(batches)
@@ -358,6 +358,29 @@ def test_stream_same_state_in_two_unconfirmed_chunks_gets_one_decision(bwp_setti
     keys = [(d.link_id, d.seq) for d in published]
     assert keys == [("lk-0001", WINDOW - 1), ("lk-0001", WINDOW)]
     del release
+
+
+def test_stream_predicts_the_next_chunk_while_one_waits_for_its_acknowledgement(bwp_settings):
+    """Three stages: the model is not idle while the broker acknowledges the previous chunk."""
+    batches = [_raw([make_record(k, s) for k in range(3)]) for s in range(WINDOW + 2)]
+    predictor = LastValuePredictor()
+    overlapped: list[bool] = []
+
+    async def go(core):
+        async def publish(out):
+            if out.decisions and not overlapped:
+                # the first decided chunk's acknowledgement is slow; the next one gets predicted meanwhile
+                for _ in range(200):
+                    if len(predictor.calls) >= 2:
+                        break
+                    await asyncio.sleep(0.01)
+                overlapped.append(len(predictor.calls) >= 2)
+
+        return await _stream_until(core, batches, publish, 3, len(batches))
+
+    run_core(bwp_settings, go, predictor)
+    assert overlapped == [True]
+    assert sum(predictor.calls) == 3 * 3  # every state from the 10th on, once
 
 
 def test_stream_stops_on_a_stage_error_without_acking(bwp_settings):
