@@ -133,6 +133,7 @@ def _bench_model(args: argparse.Namespace) -> int:
     try:
         pred = load_predictor(model_dir, args.version)
         res = run_bench(pred, max(1, args.repeats), args.batches)
+        res["load_s"] = round(pred.load_seconds, 2)  # verify + load + compile every bucket
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -176,7 +176,7 @@ def test_bench_model_times_the_requested_batches(model_dir, capsys):
     assert main(["bench", "model", "--model-dir", str(model_dir), "--repeats", "1", "--batches", "4,1",
                  "--json"]) == 0  # fmt: skip
     res = json.loads(capsys.readouterr().out)
-    assert set(res) >= {"batch_1", "batch_4", "compiled_bound_per_s", "xla"}
+    assert set(res) >= {"batch_1", "batch_4", "compiled_bound_per_s", "xla", "load_s"}
     assert "batch_1000_vs_bound" not in res  # no batch 1000 timed: no ratio
     for b in ("batch_1", "batch_4"):
         assert res[b]["p50_ms"] > 0 and res[b]["per_s"] > 0
