@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.cli import add_settings_flags, settings_from_args
+from stream.cli import settings_from_args
 from stream.settings import Settings
 
 #: Share of each run left out at the start (connection set-up, first fetches).
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fetch-wait-ms", type=int, action="append", default=None, metavar="MS",
                    help="consumer fetch_max_wait_ms; repeat to compare (default BWP_FETCH_MAX_WAIT_MS)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="JSON only, no progress on stderr")
-    add_settings_flags(p)
+    # No settings flags: the bench starts its own stack (partitions from BWP_PARTITIONS).
     p.set_defaults(func=_bench_broker)
 
 
