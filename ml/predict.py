@@ -157,7 +157,8 @@ class Predictor:
         return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
 
     def forecast(self, windows: np.ndarray) -> np.ndarray:
-        """LSTM forecast only: (N, 10, 4) Mbit/s -> (N,) Mbit/s."""
+        """The forecast of :meth:`predict` alone: (N, 10, 4) Mbit/s -> (N,) Mbit/s (the
+        serving graph also runs the tiny Q-net; one compiled path serves both)."""
         return self.predict(windows).bandwidth_mbps
 
     def predict(self, windows: np.ndarray) -> Prediction:

@@ -77,7 +77,7 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
         ref = tf.reduce_max(bw, axis=1)  # (N,)
         inv = tf.where(ref > 0, 1.0 / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.zeros_like(ref))
         rel = bw * inv[:, None]  # (N, 10)
-        llat = tf.math.log1p(tf.maximum(w[:, :, LAT], 0.0))
+        llat = x_lat  # log1p(latency), as the transform computed it
         f_rel = forecast * inv
         obs = tf.stack(
             [
@@ -96,6 +96,6 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
         # --- Q-net argmax; reference = policy_features.reference_bandwidth
         q = qnet(tf.cast(obs, tf.float32), training=False)
         action = tf.clip_by_value(tf.argmax(q, axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
-        return forecast, action, tf.maximum(tf.reduce_max(w_bw, axis=1), 0.0)
+        return forecast, action, ref  # max of the clipped = max(max of the raw, 0)
 
     return serve

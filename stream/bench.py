@@ -152,6 +152,16 @@ def _pct(xs: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 2) if len(xs) else None
 
 
+def private_stack_settings(settings: Settings, state_dir: Path, **extra: Any) -> Settings:
+    """``settings`` for a private embedded stack in ``state_dir`` on free local ports (plus ``extra``)."""
+    from stream.stack import free_port
+
+    return settings.model_copy(update={
+        "state_dir": state_dir, "kafka_bootstrap": f"127.0.0.1:{free_port()}",
+        "redis_url": f"redis://127.0.0.1:{free_port()}/0", "embedded": "always", **extra,
+    })  # fmt: skip
+
+
 def run_pipeline_bench(
     settings: Settings, links: int, seconds: float, rate: float | None, quiet: bool = False, keep_logs: Path | None = None
 ) -> dict[str, Any]:
@@ -165,11 +175,10 @@ def run_pipeline_bench(
     ensure_model(settings.model_dir, quiet)
     tmp = Path(tempfile.mkdtemp(prefix="bwp-bench-"))
     uid = uuid.uuid4().hex[:8]
-    s = settings.model_copy(update={
-        "state_dir": tmp, "kafka_bootstrap": f"127.0.0.1:{free_port()}", "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+    s = private_stack_settings(settings, tmp, **{
         "telemetry_topic": f"bench-{uid}.telemetry", "decisions_topic": f"bench-{uid}.decisions",
         "dlq_topic": f"bench-{uid}.dlq", "consumer_group": f"bench-{uid}", "key_prefix": f"bench{uid}",
-        "metrics_port": 0, "embedded": "always",
+        "metrics_port": 0,
     })  # fmt: skip
     stack = EmbeddedStack(s)
     _log(f"starting a private embedded stack in {tmp}", quiet)

@@ -100,13 +100,11 @@ async def _consume(settings: Settings, topic: str, wait_ms: int, seconds: float,
 
 def run_broker_bench(settings: Settings, rate: float, seconds: float, links: int, waits: list[int], quiet: bool = False) -> dict[str, Any]:
     """Start a private embedded stack, measure each fetch wait on its own topic, stop the stack."""
-    from stream.stack import EmbeddedStack, create_topics, free_port
+    from stream.bench import private_stack_settings
+    from stream.stack import EmbeddedStack, create_topics
 
     tmp = Path(tempfile.mkdtemp(prefix="bwp-bench-broker-"))
-    s = settings.model_copy(update={
-        "state_dir": tmp, "kafka_bootstrap": f"127.0.0.1:{free_port()}", "redis_url": f"redis://127.0.0.1:{free_port()}/0",
-        "embedded": "always",
-    })  # fmt: skip
+    s = private_stack_settings(settings, tmp)
     stack = EmbeddedStack(s)
     _log(f"starting a private embedded stack in {tmp}", quiet)
     stack.up(partitions=s.partitions)
