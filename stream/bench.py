@@ -10,6 +10,8 @@ Two modes (one per run, so each number has its own command):
 * ``--rate R``: **latency**. The publisher is paced at R states/s; for every decision,
   ``decided_at_ms`` minus the time its state was produced (the publisher records the
   wall-clock time of every paced chunk; same machine, same clock).
+  ``latency_to_reader_ms`` is the time to the bench's own reader of the decisions
+  topic, which fetches at most every 100 ms (so that reading loads the broker little).
 
 Both report ``model_bound_states_per_s``: ``Predictor.predict`` on batches of 1024
 real windows in the bench process (the model alone, no Kafka/Redis).
@@ -82,6 +84,10 @@ class DecisionCollector(threading.Thread):
         self.c = Consumer(settings.confluent_config(**{
             "group.id": f"bench-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False,
             "auto.offset.reset": "earliest", "log.connection.close": False,
+            # At most ~10 fetches/s: the embedded broker's fetch cost grows with the batches
+            # stored in the topic (docs/pipeline.md, Performance), and this reader is the
+            # bench's instrument, not the load under test. Latency uses decided_at_ms.
+            "fetch.wait.max.ms": 100, "fetch.min.bytes": 1_000_000,
         }))  # fmt: skip
         self.c.assign([TopicPartition(settings.decisions_topic, p, 0) for p in range(settings.partitions)])
         self.parse = parse

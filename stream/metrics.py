@@ -22,6 +22,9 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 
 _ABS_ERR_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 _REL_ERR_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4000, 8000)
+# Collector pauses: generation 0 takes well under a millisecond, a full one of an unfrozen
+# TensorFlow heap about a quarter of a second.
+_GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 STAGES = ("decode", "redis", "predict", "produce", "ack")
 
@@ -73,6 +76,7 @@ class WorkerMetrics:
     live_abs_error: Histogram  # predictor: lstm | last_value, profile
     live_rel_error: Histogram  # predictor, profile
     drift_detections: Counter  # profile
+    gc_pause_seconds: Histogram  # generation
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> "WorkerMetrics":
@@ -144,6 +148,11 @@ class WorkerMetrics:
                 "bwp_drift_detections",
                 "Page-Hinkley drift detections on the model's relative error minus last-value's, by profile.",
                 ["profile"], registry=r,
+            ),
+            gc_pause_seconds=Histogram(
+                "bwp_gc_pause_seconds",
+                "Python garbage-collector pauses (every thread of the worker waits), by generation 0, 1, 2.",
+                ["generation"], buckets=_GC_BUCKETS, registry=r,
             ),
         )  # fmt: skip
 

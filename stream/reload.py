@@ -27,12 +27,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from stream.heap import HeapGuard
 from stream.metrics import WorkerMetrics
 from stream.records import FEATURES, N_ACTIONS, WINDOW
 
 log = logging.getLogger("bwp.reload")
 
 POLL_S = 1.0
+#: Seconds between a model swap and the full collection that frees the old model.
+REFREEZE_DELAY_S = 2.0
 RETRY_AFTER_S = 600.0
 
 
@@ -155,11 +158,15 @@ class ModelWatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def attach_reloader(app: Any, core: Any, settings: Any, metrics: WorkerMetrics, poll_s: float = POLL_S) -> ModelWatcher:
+def attach_reloader(
+    app: Any, core: Any, settings: Any, metrics: WorkerMetrics, poll_s: float = POLL_S, heap: HeapGuard | None = None
+) -> ModelWatcher:
     """Run a :class:`ModelWatcher` on ``settings.model_dir`` as a task of the Faust ``app``, swapping into ``core``.
 
     A plain task rather than ``app.timer``: a load takes seconds, and a timer would log
     "overlapping" warnings; here the next poll simply starts ``poll_s`` after the load.
+    With a frozen heap (``heap``, a :class:`stream.heap.HeapGuard`), each swap is followed,
+    :data:`REFREEZE_DELAY_S` later, by ``heap.refreeze()``, so the old model is collected.
     """
     watcher = ModelWatcher(settings.model_dir, core.predictor.version, core.set_predictor, metrics)
 
@@ -168,7 +175,10 @@ def attach_reloader(app: Any, core: Any, settings: Any, metrics: WorkerMetrics, 
         try:
             while not app.should_stop:
                 await asyncio.sleep(poll_s)
-                await watcher.tick()
+                if await watcher.tick() and heap is not None:
+                    # Chunks in flight hold the old model for a few more milliseconds.
+                    await asyncio.sleep(REFREEZE_DELAY_S)
+                    heap.refreeze()
         finally:
             watcher.close()
 

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         2, ge=1, le=8,
         description="Chunks a worker has between window update and confirmation (1 = no overlap of Redis and model).",
     )  # fmt: skip
+    gc_freeze: bool = Field(
+        True,
+        description="Freeze the worker's heap after start-up, so full garbage collections (about 0.25 s "
+        "pauses of every thread otherwise) skip the model and libraries.",
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's /metrics endpoint (0 = off).")
 
     # --- Files -----------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 import numpy as np
 
 from stream.errors import ConfigError, TelemetryDecodeError
+from stream.heap import HeapGuard
 from stream.metrics import WorkerMetrics, observe_many
 from stream.records import N_ACTIONS, Decision, Telemetry, dlq_headers
 from stream.security import faust_broker_kwargs
@@ -698,6 +699,7 @@ class KafkaWorker:
         self.feed = BulkFeed(settings.telemetry_topic, max_records=4 * settings.batch_max)
         _BULK_FEEDS[settings.telemetry_topic] = self.feed
         self.batches = 0
+        self.heap = HeapGuard(self.metrics.gc_pause_seconds)
         self._install()
 
     def _install(self) -> None:
@@ -708,6 +710,8 @@ class KafkaWorker:
         async def decide() -> None:
             # The one decision loop (what an agent of concurrency 1 would be): micro-batches
             # in fetch order; see PipelineCore.stream for the three overlapped stages.
+            if s.gc_freeze:
+                self.heap.freeze()  # model, libraries and app are loaded: see stream/heap.py
             try:
                 await self.core.stream(self._next_batch, self._publish, self._done, self.settings.pipeline_depth)
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -793,6 +797,7 @@ class KafkaWorker:
             return int(exc.code or 0)
         finally:
             self.publisher.close()
+            self.heap.close()
         return 0
 
 
@@ -892,7 +897,7 @@ def run_worker(
 
     attach_live_accuracy(w.core, settings, metrics)
     if model_version is None and not predictor_factory:  # --model-version pins: no hot reload
-        attach_reloader(w.app, w.core, settings, metrics)
+        attach_reloader(w.app, w.core, settings, metrics, heap=w.heap if settings.gc_freeze else None)
     print(
         f"bwp worker: group {settings.consumer_group}, {settings.telemetry_topic} -> {settings.decisions_topic}, "
         f"model {predictor.version}" + (f", metrics on :{port}/metrics" if port else ""),

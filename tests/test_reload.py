@@ -314,6 +314,12 @@ def test_hot_reload_under_load_loses_and_duplicates_nothing(reg_worker) -> None:
     assert m[("bwp_model_reloads_total", (("result", "ok"),))] == 1
     assert m[("bwp_model_info", (("version", b),))] == 1
     assert f"model reload: now serving {b} (was {a}" in w.log_tail(20_000)
+    # The heap frozen at start-up held A: it was re-frozen after the swap, one more full collection.
+    deadline = time.monotonic() + 20
+    while "heap re-frozen after a model swap" not in w.log_tail(20_000) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert "heap re-frozen after a model swap" in w.log_tail(20_000)
+    assert _metrics(port)[("bwp_gc_pause_seconds_count", (("generation", "2"),))] >= 2
     # live accuracy ran in the worker too: every decision but each link's last one was scored, twice
     for predictor in ("lstm", "last_value"):
         labels = (("predictor", predictor), ("profile", "datacenter"))

@@ -98,6 +98,7 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "batch_max": ("64", 64),
         "fetch_max_wait_ms": ("250", 250),
         "pipeline_depth": ("3", 3),
+        "gc_freeze": ("false", False),
         "metrics_port": ("9999", 9999),
         "state_dir": ("/tmp/bwp-state-x", Path("/tmp/bwp-state-x")),
         "model_dir": ("/tmp/bwp-models-x", Path("/tmp/bwp-models-x")),

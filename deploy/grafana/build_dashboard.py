@@ -142,6 +142,10 @@ def panels() -> list[dict[str, Any]]:
              "drift detections {{profile}} (last hour)"),
         ], "short", "Mean |forecast - actual| in Mbit/s per predictor and profile; drift detections (Page-Hinkley "
            "on model minus last-value relative error) over the last hour; each one sets the retrain flag."),
+        timeseries("Garbage-collector pauses (p99 by generation)",
+                   quantiles("bwp_gc_pause_seconds", by="generation", qs=(0.99,)), "s",
+                   "Every thread of a worker waits during a collection. Full (generation 2) collections skip the "
+                   "heap frozen at start-up (BWP_GC_FREEZE); one full collection follows each model swap."),
     ]  # fmt: skip
     for i, p in enumerate(big):
         p["gridPos"] = {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 4 + 8 * (i // 2)}
