@@ -28,11 +28,13 @@ log = logging.getLogger("bwp.heap")
 
 
 class HeapGuard:
-    """Times every collection into ``pauses`` (a Histogram labelled by ``generation``) and
-    freezes the heap on request. :meth:`close` removes the callback."""
+    """Times every collection into ``pauses`` (a Histogram labelled by ``generation``) and,
+    when ``enabled`` (``BWP_GC_FREEZE``), freezes the heap on request; disabled,
+    :meth:`freeze` and :meth:`refreeze` do nothing and return 0. :meth:`close` removes
+    the callback."""
 
-    def __init__(self, pauses: Histogram) -> None:
-        self.pauses = pauses
+    def __init__(self, pauses: Histogram, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._children = [pauses.labels(str(g)) for g in range(3)]
         self._started: float | None = None
         gc.callbacks.append(self._callback)
@@ -48,6 +50,8 @@ class HeapGuard:
     def freeze(self) -> int:
         """Collect once, then move every surviving object to the permanent generation.
         Returns the number of frozen objects."""
+        if not self.enabled:
+            return 0
         gc.collect()
         gc.freeze()
         n = gc.get_freeze_count()
@@ -57,6 +61,8 @@ class HeapGuard:
     def refreeze(self) -> int:
         """After a model swap: let the collector see the frozen heap again (the old model is
         in it), collect it, freeze what is left. One full-collection pause."""
+        if not self.enabled:
+            return 0
         t0 = time.perf_counter()
         gc.unfreeze()
         n = self.freeze()

@@ -165,8 +165,8 @@ def attach_reloader(
 
     A plain task rather than ``app.timer``: a load takes seconds, and a timer would log
     "overlapping" warnings; here the next poll simply starts ``poll_s`` after the load.
-    With a frozen heap (``heap``, a :class:`stream.heap.HeapGuard`), each swap is followed,
-    :data:`REFREEZE_DELAY_S` later, by ``heap.refreeze()``, so the old model is collected.
+    With ``heap`` (a :class:`stream.heap.HeapGuard`), each swap is followed,
+    :data:`REFREEZE_DELAY_S` later, by ``heap.refreeze()``, so a frozen old model is collected.
     """
     watcher = ModelWatcher(settings.model_dir, core.predictor.version, core.set_predictor, metrics)
 

@@ -699,19 +699,17 @@ class KafkaWorker:
         self.feed = BulkFeed(settings.telemetry_topic, max_records=4 * settings.batch_max)
         _BULK_FEEDS[settings.telemetry_topic] = self.feed
         self.batches = 0
-        self.heap = HeapGuard(self.metrics.gc_pause_seconds)
+        self.heap = HeapGuard(self.metrics.gc_pause_seconds, enabled=settings.gc_freeze)
         self._install()
 
     def _install(self) -> None:
-        s = self.settings
         app = self.app
 
         @app.task
         async def decide() -> None:
             # The one decision loop (what an agent of concurrency 1 would be): micro-batches
             # in fetch order; see PipelineCore.stream for the three overlapped stages.
-            if s.gc_freeze:
-                self.heap.freeze()  # model, libraries and app are loaded: see stream/heap.py
+            self.heap.freeze()  # model, libraries and app are loaded: see stream/heap.py
             try:
                 await self.core.stream(self._next_batch, self._publish, self._done, self.settings.pipeline_depth)
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
@@ -897,7 +895,7 @@ def run_worker(
 
     attach_live_accuracy(w.core, settings, metrics)
     if model_version is None and not predictor_factory:  # --model-version pins: no hot reload
-        attach_reloader(w.app, w.core, settings, metrics, heap=w.heap if settings.gc_freeze else None)
+        attach_reloader(w.app, w.core, settings, metrics, heap=w.heap)
     print(
         f"bwp worker: group {settings.consumer_group}, {settings.telemetry_topic} -> {settings.decisions_topic}, "
         f"model {predictor.version}" + (f", metrics on :{port}/metrics" if port else ""),

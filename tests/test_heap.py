@@ -70,3 +70,16 @@ def test_unfrozen_garbage_is_collected_as_usual(guard) -> None:
     del obj
     gc.collect()
     assert ref() is None
+
+
+def test_a_disabled_guard_times_pauses_but_never_freezes() -> None:
+    m = WorkerMetrics.create(CollectorRegistry())
+    g = HeapGuard(m.gc_pause_seconds, enabled=False)
+    try:
+        before = gc.get_freeze_count()
+        assert g.freeze() == 0 and g.refreeze() == 0
+        assert gc.get_freeze_count() == before
+        gc.collect()
+        assert _count(m, "2") >= 1
+    finally:
+        g.close()
