@@ -390,13 +390,8 @@ def run_retrain(cfg: RetrainConfig, settings: Any = None) -> dict[str, Any]:
             if settings is not None:
                 from stream.drift import RetrainFlag
 
-                import redis
-
                 # an unreachable Redis is tolerated by read/clear: the file flag still works
-                client = redis.Redis.from_url(
-                    settings.redis_url, socket_timeout=2, socket_connect_timeout=2, **settings.redis_kwargs()
-                )
-                flag = RetrainFlag(model_dir, client, settings.key_prefix)
+                flag = RetrainFlag.from_settings(settings, model_dir=model_dir)
                 report["requested"] = flag.read()
             started = time.monotonic()
             data = load_data(cfg, say)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import threading
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="measurement window, seconds (default 30)")
     p.add_argument("--rate", type=float, default=None, help="pace the publisher at R states/s (latency mode)")
     p.add_argument("--batch-max", type=int, default=None, help="worker micro-batch size (default BWP_BATCH_MAX)")
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions of the bench's topics (default BWP_PARTITIONS); the embedded broker's "
+                        "fetch cost grows with them, see docs/pipeline.md")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--keep-logs", type=Path, default=None, help="copy the worker log here")
     add_settings_flags(p, "--model-dir")
@@ -158,6 +162,15 @@ def _pct(xs: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 2) if len(xs) else None
 
 
+def remove_or_keep(tmp: Path, ok: bool) -> None:
+    """Remove a bench's private stack directory after a good run; after a failure keep it
+    (stack and worker logs) and say where."""
+    if ok:
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"[bench] the run failed; logs kept in {tmp}", file=sys.stderr, flush=True)
+
+
 def private_stack_settings(settings: Settings, state_dir: Path, **extra: Any) -> Settings:
     """``settings`` for a private embedded stack in ``state_dir`` on free local ports (plus ``extra``)."""
     from stream.stack import free_port
@@ -191,6 +204,7 @@ def run_pipeline_bench(
     stack.up(partitions=s.partitions)
     worker = None
     collector = None
+    ok = False
     try:
         mb, version = model_bound(s, links)
         _log(f"model {version}: {mb:,.0f} states/s raw predict on batches of 1024", quiet)
@@ -219,9 +233,11 @@ def run_pipeline_bench(
             links=links,
             seconds=seconds,
             batch_max=s.batch_max,
+            partitions=s.partitions,
             worker_alive=worker.alive(),
             note="one worker process; broker, Redis, publisher and worker share this machine",
         )
+        ok = True
         return result
     finally:
         if collector is not None:
@@ -231,6 +247,7 @@ def run_pipeline_bench(
             if keep_logs:
                 keep_logs.write_text(worker.log_tail(200_000))
         stack.down()
+        remove_or_keep(tmp, ok)
 
 
 def _throughput(s, sim, pub, collector, worker, links, seconds, base, quiet) -> dict[str, Any]:
@@ -346,7 +363,7 @@ def _latency(sim, pub, collector, links, seconds, rate, base, quiet) -> dict[str
 
 
 def _bench_pipeline(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args, batch_max=args.batch_max)
+    settings = settings_from_args(args, batch_max=args.batch_max, partitions=args.partitions)
     res = run_pipeline_bench(settings, args.links, args.seconds, args.rate, quiet=args.json, keep_logs=args.keep_logs)
     print(json.dumps(res, indent=None if args.json else 2))
     return 0 if res.get("worker_alive") else 1

@@ -100,7 +100,7 @@ async def _consume(settings: Settings, topic: str, wait_ms: int, seconds: float,
 
 def run_broker_bench(settings: Settings, rate: float, seconds: float, links: int, waits: list[int], quiet: bool = False) -> dict[str, Any]:
     """Start a private embedded stack, measure each fetch wait on its own topic, stop the stack."""
-    from stream.bench import private_stack_settings
+    from stream.bench import private_stack_settings, remove_or_keep
     from stream.stack import EmbeddedStack, create_topics
 
     tmp = Path(tempfile.mkdtemp(prefix="bwp-bench-broker-"))
@@ -109,6 +109,7 @@ def run_broker_bench(settings: Settings, rate: float, seconds: float, links: int
     _log(f"starting a private embedded stack in {tmp}", quiet)
     stack.up(partitions=s.partitions)
     runs = []
+    ok = False
     try:
         for wait in waits:
             topic = f"bench-broker-{uuid.uuid4().hex[:8]}"
@@ -123,8 +124,10 @@ def run_broker_bench(settings: Settings, rate: float, seconds: float, links: int
                 "records": int(len(lat)),
                 "latency_ms": {q: round(float(np.percentile(lat, p)), 1) for q, p in (("p50", 50), ("p99", 99), ("max", 100))},
             })  # fmt: skip
+        ok = True
     finally:
         stack.down()
+        remove_or_keep(tmp, ok)
     return {
         "rate": rate,
         "seconds": seconds,

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _register_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    for name in ("stream.bench", "stream.bench_broker", "ml.bench"):
+    for name in ("stream.bench", "stream.bench_broker", "stream.bench_redis", "ml.bench"):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import math
 import os
 import tempfile
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: Relative errors are clipped here (2 = 200 %).
 CLIP = 2.0
@@ -194,16 +197,17 @@ class RetrainFlag:
         self.key = f"{key_prefix}:{FLAG_KEY_SUFFIX}"
 
     @classmethod
-    def from_settings(cls, settings: Any, use_redis: bool = True) -> "RetrainFlag":
-        """Flag at ``settings.model_dir`` and (when ``use_redis``) the settings' Redis."""
+    def from_settings(cls, settings: Any, use_redis: bool = True, model_dir: Path | str | None = None) -> "RetrainFlag":
+        """Flag at ``model_dir`` (default ``settings.model_dir``) and (when ``use_redis``) the
+        settings' Redis. A Redis Cluster client connects when built: when that fails the
+        flag lives in the file only, with a warning."""
         client = None
         if use_redis:
-            import redis
-
-            client = redis.Redis.from_url(
-                settings.redis_url, socket_timeout=2, socket_connect_timeout=2, **settings.redis_kwargs()
-            )
-        return cls(settings.model_dir, client, settings.key_prefix)
+            try:
+                client = settings.redis_client(timeout_s=2)
+            except Exception as exc:  # noqa: BLE001 - the file flag still works; say why Redis is left out
+                log.warning("retrain flag: Redis unreachable (%s); using the file flag only", exc)
+        return cls(settings.model_dir if model_dir is None else model_dir, client, settings.key_prefix)
 
     def request(self, event: DriftEvent | str) -> None:
         """Set the flag (idempotent: a newer request overwrites the reason)."""

@@ -48,17 +48,19 @@ def check_kafka(settings: Settings, timeout_s: float) -> None:
 def check_redis(settings: Settings, timeout_s: float) -> None:
     """Redis answers PING."""
     import redis
+    from redis.exceptions import RedisClusterException
 
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **settings.redis_kwargs()
-    )
+    client = None
     try:
+        # a cluster client connects (and may fail) while it is built
+        client = settings.redis_client(timeout_s=timeout_s, connect_timeout_s=timeout_s)
         if not client.ping():
             raise CheckFailed(f"redis {redact_url(settings.redis_url)}: PING did not answer PONG")
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise CheckFailed(f"redis {redact_url(settings.redis_url)}: {exc}") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def check_http(url: str, timeout_s: float) -> None:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss:// for TLS).")
     redis_password: SecretStr | None = Field(None, description="Redis password (secret); overrides one in the URL.")
     redis_ssl_cafile: Path | None = Field(None, description="CA bundle for Redis TLS (rediss://).")
+    redis_cluster: bool = Field(
+        False,
+        description="Redis is a Redis Cluster: connect with the cluster client (BWP_REDIS_URL names any one "
+        "node, database 0). The embedded stack never starts one.",
+    )  # fmt: skip
     window_ttl_s: int = Field(86_400, ge=1, description="TTL of a link's window in Redis, refreshed on every update.")
     key_prefix: str = Field("bwp", description="Prefix of every Redis key (namespaces for replay use another).")
 
@@ -104,6 +109,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"BWP_REDIS_URL must start with redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}"
             )
+        if self.redis_cluster:
+            db = urlparse(self.redis_url).path.strip("/") or "0"
+            if scheme == "unix" or db != "0":
+                raise ValueError(
+                    "BWP_REDIS_CLUSTER needs a redis:// or rediss:// URL of a cluster node with database 0 "
+                    f"(a cluster has no other), got {redact_url(self.redis_url)!r}"
+                )
         return self
 
     @field_serializer("redis_url", when_used="json")
@@ -145,6 +157,22 @@ class Settings(BaseSettings):
             cfg["ssl.key.location"] = str(self.kafka_ssl_keyfile)
         cfg.update(extra)
         return cfg
+
+    def redis_client(self, *, asyncio: bool = False, timeout_s: float = 5.0, connect_timeout_s: float = 2.0) -> Any:
+        """A client for ``redis_url`` with password and TLS applied, connecting lazily.
+
+        ``redis.Redis``, or ``redis.RedisCluster`` when ``redis_cluster`` (the ``redis.asyncio``
+        classes when ``asyncio``). The caller closes it.
+        """
+        if asyncio:
+            from redis.asyncio import Redis, RedisCluster
+        else:
+            from redis import Redis, RedisCluster
+
+        cls = RedisCluster if self.redis_cluster else Redis
+        return cls.from_url(
+            self.redis_url, socket_timeout=timeout_s, socket_connect_timeout=connect_timeout_s, **self.redis_kwargs()
+        )
 
     def redis_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``redis.Redis.from_url`` / ``redis.asyncio.from_url``."""

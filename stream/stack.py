@@ -139,8 +139,10 @@ class EmbeddedStack:
         start_kafka = self.settings.embedded == "always" or (
             self.settings.embedded == "auto" and self.settings.kafka_is_local
         )
-        start_redis = self.settings.embedded == "always" or (
-            self.settings.embedded == "auto" and self.settings.redis_is_local
+        if self.settings.redis_cluster and self.settings.embedded == "always":
+            raise StackError("BWP_REDIS_CLUSTER is set: the embedded stack runs one plain Redis, never a cluster")
+        start_redis = not self.settings.redis_cluster and (
+            self.settings.embedded == "always" or (self.settings.embedded == "auto" and self.settings.redis_is_local)
         )
         kafka_pid = self._ensure("kafka", self.kafka_port, self._kafka_cmd()) if start_kafka else None
         rbin = redis_binary() if start_redis else None

@@ -679,14 +679,10 @@ class KafkaWorker:
     """Faust app + :class:`PipelineCore` + :class:`Publisher`."""
 
     def __init__(self, settings: Settings, predictor: Predictor, metrics: WorkerMetrics | None = None) -> None:
-        import redis.asyncio as aioredis
-
         self.settings = settings
         self.metrics = metrics or WorkerMetrics.create()
         self.metrics.info.info({"consumer_group": settings.consumer_group, "telemetry_topic": settings.telemetry_topic})
-        self.redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=2, **settings.redis_kwargs()
-        )
+        self.redis = settings.redis_client(asyncio=True)
         self.store = WindowStore(self.redis, settings.key_prefix, settings.window_ttl_s)
         self.core = PipelineCore(self.store, predictor, self.metrics)
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-produce")

@@ -143,6 +143,7 @@ class WorkerProcess:
         env = dict(os.environ)
         env.update(
             BWP_KAFKA_BOOTSTRAP=s.kafka_bootstrap, BWP_REDIS_URL=s.redis_url, BWP_TELEMETRY_TOPIC=s.telemetry_topic,
+            BWP_REDIS_CLUSTER=str(s.redis_cluster).lower(),
             BWP_DECISIONS_TOPIC=s.decisions_topic, BWP_DLQ_TOPIC=s.dlq_topic, BWP_CONSUMER_GROUP=s.consumer_group,
             BWP_STATE_DIR=str(s.state_dir), BWP_MODEL_DIR=str(s.model_dir), BWP_METRICS_PORT="0",
             BWP_KEY_PREFIX=s.key_prefix, BWP_BATCH_MAX=str(s.batch_max), TF_CPP_MIN_LOG_LEVEL="3",

@@ -64,7 +64,7 @@ def _sasl_ssl_env(pki: dict[str, Path]) -> dict[str, str]:
         "BWP_KAFKA_SSL_CAFILE": str(pki["ca"]),
         "BWP_KAFKA_SSL_CERTFILE": str(pki["client"]),
         "BWP_KAFKA_SSL_KEYFILE": str(pki["client.key"]),
-        "BWP_REDIS_URL": "rediss://redis.example:6380/2",
+        "BWP_REDIS_URL": "rediss://redis.example:6380/0",  # db 0: valid with BWP_REDIS_CLUSTER too
         "BWP_REDIS_PASSWORD": REDIS_SECRET,
         "BWP_REDIS_SSL_CAFILE": str(pki["ca"]),
     }
@@ -93,6 +93,7 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "redis_url": (sec["BWP_REDIS_URL"], sec["BWP_REDIS_URL"]),
         "redis_password": (REDIS_SECRET, REDIS_SECRET),
         "redis_ssl_cafile": (str(pki["ca"]), pki["ca"]),
+        "redis_cluster": ("true", True),
         "window_ttl_s": ("3600", 3600),
         "key_prefix": ("bwpx", "bwpx"),
         "batch_max": ("64", 64),
