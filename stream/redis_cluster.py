@@ -1,7 +1,7 @@
 """A local Redis Cluster on loopback, for ``bwp bench redis --cluster N`` and the tests.
 
 N ``valkey-server`` / ``redis-server`` processes (the embedded stack's binary) with
-``--cluster-enabled yes``. Slots 0..16383 are split in three ranges with ``CLUSTER
+``--cluster-enabled yes``. Slots 0..16383 are split in N ranges with ``CLUSTER
 ADDSLOTSRANGE``, the nodes are joined with ``CLUSTER MEET``, and :meth:`start` returns
 once every node reports ``cluster_state:ok`` and knows all the others. No replicas: it
 exercises routing (slots, redirections, per-node script caches), not failover. Not for
@@ -36,6 +36,7 @@ class LocalRedisCluster:
         self.ports = [free_port() for _ in range(nodes)]
         self.bus_ports = [free_port() for _ in range(nodes)]  # explicit: the default is port + 10000
         self.procs: list[subprocess.Popen] = []
+        self._clients: dict[int, redis.Redis] = {}
 
     @property
     def url(self) -> str:
@@ -43,8 +44,10 @@ class LocalRedisCluster:
         return f"redis://{HOST}:{self.ports[0]}/0"
 
     def client(self, port: int) -> redis.Redis:
-        """A plain client of one node."""
-        return redis.Redis(host=HOST, port=port, socket_timeout=5)
+        """The plain client of one node (one per node, closed by :meth:`stop`)."""
+        if port not in self._clients:
+            self._clients[port] = redis.Redis(host=HOST, port=port, socket_timeout=5)
+        return self._clients[port]
 
     def start(self, timeout_s: float = 30.0) -> "LocalRedisCluster":
         """Start the nodes, assign the slots, join them; :class:`StackError` with the logs
@@ -107,6 +110,9 @@ class LocalRedisCluster:
 
     def stop(self) -> None:
         """Terminate every node (kill after 10 s); idempotent."""
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:

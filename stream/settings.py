@@ -159,10 +159,11 @@ class Settings(BaseSettings):
         return cfg
 
     def redis_client(self, *, asyncio: bool = False, timeout_s: float = 5.0, connect_timeout_s: float = 2.0) -> Any:
-        """A client for ``redis_url`` with password and TLS applied, connecting lazily.
+        """A client for ``redis_url`` with password and TLS applied. The caller closes it.
 
         ``redis.Redis``, or ``redis.RedisCluster`` when ``redis_cluster`` (the ``redis.asyncio``
-        classes when ``asyncio``). The caller closes it.
+        classes when ``asyncio``). They connect on first use, except the synchronous
+        ``RedisCluster``, which discovers the nodes while it is built and may raise there.
         """
         if asyncio:
             from redis.asyncio import Redis, RedisCluster

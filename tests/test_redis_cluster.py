@@ -91,15 +91,13 @@ def test_cluster_store_gives_the_single_node_results(cluster, cluster_settings, 
 
 def test_cluster_store_reloads_scripts_flushed_on_every_node(cluster, cluster_settings):
     """A failover or restart empties a node's script cache: NOSCRIPT -> load on all primaries, replay."""
-    import redis
-
     async def go():
         client = cluster_settings.redis_client(asyncio=True)
         try:
             store = WindowStore(client, prefix="t", ttl_s=60)
             await store.update([make_record(f"l{k}", s) for s in range(WINDOW - 1) for k in range(50)])
             for port in cluster.ports:
-                redis.Redis(port=port).script_flush()
+                cluster.client(port).script_flush()
             upd = await store.update_batch([make_record(f"l{k}", WINDOW - 1) for k in range(50)])
             return upd.count(Outcome.FULL)
         finally:
