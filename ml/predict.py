@@ -28,9 +28,14 @@ from stream.records import FEATURES, N_ACTIONS, WINDOW
 
 log = logging.getLogger(__name__)
 
-#: Batches are padded up to one of these sizes (at most 2x padding; the coarser set
-#: 1/8/64/256/1024/4096 measured 17 ms vs 10 ms p50 at batch 100); larger ones go in 4096 chunks.
-BUCKETS: tuple[int, ...] = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+#: Batches are padded up to one of these sizes; larger ones go in chunks (``max_chunk``).
+#: The serving path costs about 40 us per padded window at 64-256 (`bwp bench model`), so
+#: padding is paid in full: between 64 and 512 each bucket is at most 1.5x the one below,
+#: because the worker's chunks at a few thousand states/s fall there (about 130 windows
+#: at 5,000/s, which powers of two padded to 256). The coarser set 1/8/64/256/1024/4096 measured
+#: 17 ms vs 10 ms p50 at batch 100; 96/160/192/384 cut the worker's predict stage at
+#: ``--rate 5000`` from 11.6-14.9 to 9.0-12.0 ms per chunk (docs/pipeline.md).
+BUCKETS: tuple[int, ...] = (1, 4, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512, 1024, 2048, 4096)
 
 #: Smallest bucket run XLA-compiled. XLA wins at every size measured (whole serving
 #: path, batch 16: 1.4 vs 4.9 ms; 64: 4.1 vs 7.3 ms; 128: 7.3 vs 11.8 ms), and the
@@ -136,8 +141,20 @@ class Predictor:
         return [b for b in BUCKETS if b <= self.max_chunk]
 
     def _warm_up(self) -> None:
-        for b in self.buckets():
+        """Trace (and XLA-compile) every bucket now, so that no call compiles later.
+
+        Compilation is single-threaded in XLA and about a second per bucket, so the
+        buckets compile on up to two threads, largest first (16.7 s -> 11.3 s for the
+        whole load here). Concurrent calls of one ``tf.function`` are safe; TensorFlow
+        serialises the tracing itself.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def compile_(b: int) -> None:
             self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64))
+
+        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="bwp-compile") as ex:
+            list(ex.map(compile_, sorted(self.buckets(), reverse=True)))  # re-raises a compile error
 
     def _run(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The serving function on bucket-padded chunks of ``w`` (N, 10, 4) float64:

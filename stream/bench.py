@@ -201,11 +201,11 @@ def run_pipeline_bench(
     })  # fmt: skip
     stack = EmbeddedStack(s)
     _log(f"starting a private embedded stack in {tmp}", quiet)
-    stack.up(partitions=s.partitions)
     worker = None
     collector = None
     ok = False
     try:
+        stack.up(partitions=s.partitions)  # in the try: down() stops whatever up() started
         mb, version = model_bound(s, links)
         _log(f"model {version}: {mb:,.0f} states/s raw predict on batches of 1024", quiet)
         metrics_port = free_port()

@@ -107,10 +107,10 @@ def run_broker_bench(settings: Settings, rate: float, seconds: float, links: int
     s = private_stack_settings(settings, tmp)
     stack = EmbeddedStack(s)
     _log(f"starting a private embedded stack in {tmp}", quiet)
-    stack.up(partitions=s.partitions)
     runs = []
     ok = False
     try:
+        stack.up(partitions=s.partitions)  # in the try: down() stops whatever up() started
         for wait in waits:
             topic = f"bench-broker-{uuid.uuid4().hex[:8]}"
             create_topics(s, [topic], s.partitions)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from typing import Any, Sequence
 
-from stream.errors import BwpError
+from stream.errors import BwpError, Terminated
 from stream.settings import Settings, load_settings
 
 # Modules that contribute subcommands, in --help order.
@@ -86,19 +88,34 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
         mod.register(bsub)
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Python's default SIGTERM ends the process at once: a bench or demo killed that way
+    # left its worker, broker and Redis running. Commands with their own handling
+    # (the worker, the recorder) install theirs on top of this one.
+    in_main = threading.current_thread() is threading.main_thread()  # signal.signal works there only
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         rc = args.func(args)
     except BwpError as exc:
         print(f"bwp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"bwp {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"bwp {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     return int(rc or 0)
 
 

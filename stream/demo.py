@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import ModelError, StackError
+from stream.errors import ModelError, StackError, Terminated
 from stream.settings import Settings
 
 #: Deliberately invalid records the demo injects (every few seconds) so the dead-letter
@@ -260,9 +260,9 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
             time.sleep(0.3)
         _summary(console, state, links, worker_metrics(metrics_port))
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         console.print("interrupted: stopping")
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
         stop.set()
         if reader is not None:

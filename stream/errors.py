@@ -37,3 +37,9 @@ class ModelError(BwpError):
 
 class DataError(BwpError):
     """Input data (trace file, telemetry file) cannot be read or is not in the expected format."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by ``bwp`` in the main thread like Ctrl-C, so that ``finally``
+    blocks stop what a command started. Not a :class:`BwpError`: like Ctrl-C it is not a
+    failure of the command, and ``except Exception`` does not swallow it."""

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 
 from stream.cli import main
+from stream.stack import _pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +53,35 @@ def test_bench_redis_measures_the_window_store(cluster, tmp_path, capsys, monkey
 def test_bench_redis_rejects_bad_arguments(capsys):
     assert main(["bench", "redis", "--links", "0", "--json"]) == 2
     assert "--links must be >= 1" in capsys.readouterr().err
+
+
+def test_sigterm_stops_what_a_bench_started(tmp_path):
+    """SIGTERM to ``bwp`` runs the command's clean-up, as Ctrl-C does (the default
+    SIGTERM used to leave the private broker and Redis running)."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "stream.cli", "bench", "broker", "--rate", "200", "--seconds", "120",
+           "--links", "10", "--fetch-wait-ms", "50"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # measuring starts once the stack is up
+            lines.append(line)
+            if "fetch wait 50 ms" in line:
+                break
+        else:
+            pytest.fail("bench ended before measuring:\n" + "".join(lines))
+        pids = [int(p.read_text()) for p in tmp_path.glob("bwp-bench-broker-*/**/*.pid")]
+        assert pids and all(_pid_alive(p) for p in pids)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143, err
+    assert "terminated (SIGTERM)" in err
+    deadline = time.monotonic() + 10
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_pid_alive(p) for p in pids)

@@ -136,6 +136,17 @@ def test_predict_never_retraces_after_warm_up(predictor):
     assert _tracing_counts(predictor) == before
 
 
+def test_buckets_pad_the_worker_chunk_sizes_by_at_most_half():
+    from ml.predict import BUCKETS, _bucket
+
+    assert list(BUCKETS) == sorted(set(BUCKETS))
+    for n in range(1, BUCKETS[-1] + 1):
+        b = _bucket(n)
+        assert b >= n and (b == BUCKETS[0] or n > BUCKETS[BUCKETS.index(b) - 1])  # the smallest that fits
+        if 64 < n <= 512:  # the worker's chunks at a few thousand states/s
+            assert b <= 1.5 * n, (n, b)
+
+
 def test_xla_and_plain_graph_predict_the_same(model_dir):
     from ml.predict import XLA_MIN, Predictor
     from ml.registry import load_version
