@@ -138,6 +138,17 @@ class TelemetryPublisher:
         """Wait for outstanding deliveries; returns how many are still undelivered."""
         return self._producer.flush(timeout)
 
+    def close(self, timeout: float = 5.0) -> int:
+        """Flush (at most ``timeout`` s), then release the client, so that it stops trying to
+        reconnect once the broker is gone (the demo stops its broker right after). Returns
+        how many records stayed undelivered; with some left the client is not closed,
+        because librdkafka's ``close`` would wait for them again."""
+        left = self._producer.flush(timeout)
+        close = getattr(self._producer, "close", None)  # confluent-kafka >= 2.x; absent on test doubles
+        if left == 0 and close is not None:
+            close()
+        return left
+
     def publish_paced(
         self,
         sim: Any,

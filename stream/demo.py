@@ -193,6 +193,7 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
     worker = None
     publisher_thread = None
     reader = None
+    publishers: list = []
     stop = threading.Event()
     try:
         version = ensure_model(Path(s.model_dir))
@@ -213,6 +214,7 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
         # the stack may stop before these clients are garbage collected: no disconnect noise
         pub = TelemetryPublisher(s, **{"log.connection.close": False})
         bad_pub = TelemetryPublisher(s, **{"log.connection.close": False})
+        publishers += [pub, bad_pub]
 
         def on_step(seq: int, payloads: list) -> None:
             vals = {i: json.loads(payloads[i][1])["bandwidth_mbps"] for i in idx}
@@ -269,6 +271,10 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
             reader.stop_event.set()
         if worker is not None:
             worker.stop()
+        if publisher_thread is not None and publisher_thread.is_alive():
+            publisher_thread.join(15)
+        for p in publishers:  # before the broker stops: closed clients do not retry connecting
+            p.close()
         if started_stack:
             stopped = stack.down()
             console.print(f"stopped: worker, publisher, {', '.join(stopped) or 'stack'} (started by this demo)")

@@ -126,6 +126,34 @@ def test_publisher_counts_failures_and_publish_records():
     assert pub.errors[0] == "broker down"
 
 
+class ClosableProducer(FakeProducer):
+    """A FakeProducer with librdkafka's ``close``; ``stuck`` records never get delivered."""
+
+    def __init__(self, stuck: int = 0) -> None:
+        super().__init__()
+        self.stuck = stuck
+        self.closed = False
+
+    def flush(self, timeout):
+        self.poll(0)
+        return self.stuck
+
+    def close(self):
+        self.closed = True
+        return True
+
+
+def test_publisher_close_releases_the_client_only_once_all_is_delivered():
+    recs = list(generate_records("internet", links=2, steps=1, seed=0, start_ms=0))
+    done, stuck = ClosableProducer(), ClosableProducer(stuck=2)
+    for fake, left in ((done, 0), (stuck, 2)):
+        pub = TelemetryPublisher(load_settings(), producer=fake)
+        pub.publish(recs)
+        assert pub.close(0.1) == left
+    assert done.closed and not stuck.closed  # closing would wait for the stuck ones again
+    assert TelemetryPublisher(load_settings(), producer=FakeProducer()).close() == 0  # no close(): flushed only
+
+
 def test_publish_paced_stops_on_event():
     stop = threading.Event()
     stop.set()
