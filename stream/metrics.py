@@ -48,7 +48,9 @@ def observe_many(child: Any, values: Any) -> None:
     buckets = child._buckets  # noqa: SLF001
     for i in np.flatnonzero(counts).tolist():
         buckets[i].inc(int(counts[i]))
-    child._sum.inc(float(v.sum()))  # noqa: SLF001
+    with np.errstate(invalid="ignore", over="ignore"):  # inf + -inf is NaN, silently, as in the loop
+        total = float(v.sum())
+    child._sum.inc(total)  # noqa: SLF001
 
 
 @dataclass(frozen=True)
