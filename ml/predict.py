@@ -54,11 +54,16 @@ def xla_enabled() -> bool:
     return os.environ.get("BWP_TF_XLA", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def tf_threads() -> int:
+    """Cores TensorFlow may use: ``BWP_TF_THREADS``, else the CPU count capped at 2 (the
+    target machines have 2 cores, shared with Kafka/Redis)."""
+    return int(os.environ.get("BWP_TF_THREADS", "0")) or min(2, os.cpu_count() or 1)
+
+
 def configure_tf(threads: int | None = None) -> None:
     """Quiet TensorFlow and cap its thread pools (call before the first TF op).
 
-    ``threads`` defaults to ``BWP_TF_THREADS`` or the CPU count, capped at 2 (the
-    target machines have 2 cores, shared with Kafka/Redis).
+    ``threads`` defaults to :func:`tf_threads`.
     """
     global _tf_configured
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -68,7 +73,7 @@ def configure_tf(threads: int | None = None) -> None:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    n = threads or int(os.environ.get("BWP_TF_THREADS", "0")) or min(2, os.cpu_count() or 1)
+    n = threads or tf_threads()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(1 if n <= 2 else 2)
@@ -144,8 +149,8 @@ class Predictor:
         """Trace (and XLA-compile) every bucket now, so that no call compiles later.
 
         Compilation is single-threaded in XLA and about a second per bucket, so the
-        buckets compile on up to two threads, largest first (16.7 s -> 11.3 s for the
-        whole load here). Concurrent calls of one ``tf.function`` are safe; TensorFlow
+        buckets compile on :func:`tf_threads` threads, largest first (two here: 16.7 s ->
+        11.3 s for the whole load). Concurrent calls of one ``tf.function`` are safe; TensorFlow
         serialises the tracing itself.
         """
         from concurrent.futures import ThreadPoolExecutor
@@ -153,7 +158,7 @@ class Predictor:
         def compile_(b: int) -> None:
             self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64))
 
-        with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1), thread_name_prefix="bwp-compile") as ex:
+        with ThreadPoolExecutor(max_workers=tf_threads(), thread_name_prefix="bwp-compile") as ex:
             list(ex.map(compile_, sorted(self.buckets(), reverse=True)))  # re-raises a compile error
 
     def _run(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

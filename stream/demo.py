@@ -211,7 +211,8 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
         clock = ProduceClock(sim.link_ids, sim.step_index, chunk_size(links, rate))
         reader = _Reader(s, state, clock, set(watched))
         reader.start()
-        # the stack may stop before these clients are garbage collected: no disconnect noise
+        # closed before the stack stops (finally); a client left open with undelivered
+        # records (see TelemetryPublisher.close) must not log the broker's going away
         pub = TelemetryPublisher(s, **{"log.connection.close": False})
         bad_pub = TelemetryPublisher(s, **{"log.connection.close": False})
         publishers += [pub, bad_pub]
