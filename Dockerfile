@@ -45,6 +45,6 @@ EXPOSE 9464
 # Default probe for every bwp service: the brokers answer (the worker overrides it with
 # its /metrics endpoint in docker-compose.yml).
 HEALTHCHECK --interval=15s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "stream.healthcheck", "--timeout", "5", "kafka"]
+    CMD ["python", "-m", "stream.ops.healthcheck", "--timeout", "5", "kafka"]
 ENTRYPOINT ["bwp"]
 CMD ["--help"]

@@ -12,18 +12,27 @@ help:  ## list targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,lint]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install bwp with test extras
+install: $(STAMP)  ## create .venv and install bwp with the test and lint extras
 
 demo: install  ## embedded broker + Redis, quick model, worker + simulator, live view (60 s)
 	$(BIN)/bwp demo --seconds $${BWP_DEMO_SECONDS:-60}
 
-test: install prometheus  ## the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
+test: lint prometheus  ## lint, then the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
 	$(BIN)/python -m pytest -q -ra
 
-# Debian/Ubuntu `prometheus` for tests/test_prometheus_scrape.py (skipped without it).
+# Style, types and architecture: ruff (lint + format check), mypy on the serving path and the
+# wire contract, import-linter's layer contracts, vulture (dead code). `make test` runs it first.
+lint: install  ## ruff, mypy, import-linter contracts, vulture
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/vulture --min-confidence 80 stream ml simulator
+
+# Debian/Ubuntu `prometheus` for tests/stream/ops/test_prometheus_scrape.py (skipped without it).
 prometheus:  ## install Prometheus if missing (needs root + apt-get; otherwise a note)
 	@if command -v prometheus >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -31,8 +40,8 @@ prometheus:  ## install Prometheus if missing (needs root + apt-get; otherwise a
 	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
 	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; } \
 	  && echo "installed: $$(prometheus --version 2>&1 | head -n 1)" \
-	  || echo "note: apt-get could not install prometheus; tests/test_prometheus_scrape.py will be skipped"; \
-	else echo "note: prometheus is not on PATH and cannot be installed here (needs root and apt-get); tests/test_prometheus_scrape.py will be skipped"; fi
+	  || echo "note: apt-get could not install prometheus; tests/stream/ops/test_prometheus_scrape.py will be skipped"; \
+	else echo "note: prometheus is not on PATH and cannot be installed here (needs root and apt-get); tests/stream/ops/test_prometheus_scrape.py will be skipped"; fi
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -q -ra -m "not integration and not slow"

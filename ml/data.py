@@ -14,16 +14,17 @@ run ever uses (7 is not 1, 2 or 3 mod 1000).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
-from stream.errors import DataError
-from stream.records import Telemetry, WINDOW
-
-from ml.features import make_windows
+from simulator.generator import FleetSimulator
+from simulator.traces.datasets import load_dataset
+from stream.core.errors import DataError
+from stream.core.jsonl import read_jsonl
+from stream.core.records import BW, FEATURES, WINDOW, Telemetry
 
 #: The default seed of held-out synthetic evaluation; never a training seed.
 EVAL_SEED = 7
@@ -53,13 +54,12 @@ class LinkSeries:
 
     @property
     def steps(self) -> int:
+        """Number of time steps (rows of ``data``)."""
         return int(self.data.shape[0])
 
 
 def simulator_links(profile: str, links: int, steps: int, seed: int) -> list[LinkSeries]:
     """``links`` synthetic links of ``steps`` steps (``mixed`` = alternating datacenter/internet)."""
-    from simulator.generator import FleetSimulator
-
     sim = FleetSimulator(profile, links, seed, start_ms=0)
     arr = np.stack([sim.step() for _ in range(steps)], axis=1)  # (links, steps, 4)
     return [
@@ -83,8 +83,6 @@ def records_to_links(records: Iterable[Telemetry], source: str = "") -> list[Lin
 
 def file_links(paths: Sequence[Path | str]) -> list[LinkSeries]:
     """Links of one or more telemetry JSON-lines files (plain or .gz)."""
-    from stream.jsonl import read_jsonl
-
     links = records_to_links(read_jsonl(paths), source=",".join(str(p) for p in paths))
     if not links:
         raise DataError(f"no telemetry records in {', '.join(map(str, paths))}")
@@ -93,8 +91,6 @@ def file_links(paths: Sequence[Path | str]) -> list[LinkSeries]:
 
 def trace_links(name: str, root: Path | str | None = None) -> list[LinkSeries]:
     """Links (one per trace) of a real-trace dataset, via ``simulator.traces``."""
-    from simulator.traces import load_dataset
-
     ds = load_dataset(name, root=root)
     links = records_to_links((r for recs in ds.values() for r in recs), source=f"traces:{name}")
     for ls in links:
@@ -102,9 +98,7 @@ def trace_links(name: str, root: Path | str | None = None) -> list[LinkSeries]:
     return links
 
 
-def split_links(
-    links: Sequence[LinkSeries], fractions: Sequence[float], seed: int
-) -> list[list[LinkSeries]]:
+def split_links(links: Sequence[LinkSeries], fractions: Sequence[float], seed: int) -> list[list[LinkSeries]]:
     """Shuffle whole links with ``seed`` and cut them into len(fractions) groups.
 
     Every group gets at least one link when there are enough links; the last group
@@ -151,3 +145,22 @@ def describe(links: Sequence[LinkSeries]) -> dict:
         "sources": sorted({ls.source for ls in links}),
         "profiles": dict(profiles),
     }
+
+
+def make_windows(series: np.ndarray, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """Every full window of one link's series and the bandwidth that follows it.
+
+    ``series`` is (T, 4) in FEATURES order, oldest first. Returns
+    ``windows`` (T - window, window, 4) and ``next_bw`` (T - window,): window i is
+    rows i..i+window-1 and its target is row i+window's bandwidth. A series of
+    ``window`` rows or fewer gives empty arrays.
+    """
+    s = np.asarray(series, dtype=np.float64)
+    if s.ndim != 2 or s.shape[1] != len(FEATURES):
+        raise ValueError(f"series must be (T, {len(FEATURES)}), got {s.shape}")
+    n = s.shape[0] - window
+    if n <= 0:
+        return np.zeros((0, window, len(FEATURES))), np.zeros((0,))
+    # (n, window, 4) view without copying, then materialised once
+    idx = np.arange(window)[None, :] + np.arange(n)[:, None]
+    return s[idx], s[window:, BW].copy()

@@ -15,15 +15,12 @@ as its forecaster.
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
-
-from stream.records import FEATURES, WINDOW
 
 from ml.data import (
     LinkSeries,
@@ -32,14 +29,18 @@ from ml.data import (
     simulator_links,
     simulator_seeds,
     split_links,
-    windows_of,
 )
-from ml.features import Preprocessor
-from ml.lstm import LSTMConfig, train_lstm
+from ml.eval.forecast import best_baseline, forecasts_for_links, mae_ratio, report
+from ml.forecast.features import DEFAULT_FEATURE_MODE
+from ml.forecast.lstm import LSTMConfig
+from ml.forecast.training import fit_forecaster, make_forecaster
+from ml.serving.registry import save_version
+from ml.serving.runtime import configure_tf
+from stream.core.errors import DataError
+from stream.core.progress import Progress, stderr_progress
+from stream.core.records import WINDOW
 
-Progress = Callable[[str], None]
 #: Feature mode shipped by default (docs/models.md has the measured comparison).
-DEFAULT_FEATURE_MODE = "relative_last"
 
 
 @dataclass
@@ -54,7 +55,8 @@ class SimSizes:
     test_steps: int = 600
 
     @classmethod
-    def quick(cls) -> "SimSizes":
+    def quick(cls) -> SimSizes:
+        """Small splits (links x steps) for demos and smoke tests."""
         return cls(train_links=16, train_steps=300, val_links=4, val_steps=200, test_links=8, test_steps=200)
 
 
@@ -73,17 +75,15 @@ class TrainConfig:
     lstm_loss: str | None = None  # overrides lstm.loss ("mae" default, "mse" = the original design)
     lstm: LSTMConfig | None = None
     sim: SimSizes | None = None
-    ddqn: Any = None  # ml.ddqn.DDQNConfig; None = default (or quick)
+    ddqn: Any = None  # ml.policy.ddqn.DDQNConfig; None = default (or quick)
     progress: Progress | None = None
-    #: (train, val, test) LinkSeries lists prepared by the caller (ml.retrain: time-based holdout,
+    #: (train, val, test) LinkSeries lists prepared by the caller (stream.lifecycle.retrain: time-based holdout,
     #: recency oversampling) and a JSON-able description; when set, profile/data are ignored
     splits: tuple[list, list, list] | None = None
     splits_info: dict | None = None
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self) -> TrainConfig:
         """A copy with the quick/default sub-configs filled in."""
-        from dataclasses import replace
-
         lstm = self.lstm or (LSTMConfig.quick() if self.quick else LSTMConfig(time_budget_s=330))
         if self.lstm_loss:
             lstm = replace(lstm, loss=self.lstm_loss)
@@ -96,30 +96,6 @@ class TrainConfig:
         )
 
 
-def stderr_progress(msg: str) -> None:
-    """Progress line on stderr with elapsed wall time."""
-    print(f"[bwp train {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def make_forecaster(model: Any, pre: Preprocessor, chunk: int = 8192) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled raw-units forecaster: windows (N, 10, 4) Mbit/s -> (N,) Mbit/s."""
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([None, WINDOW, len(FEATURES)], tf.float32)])
-    def fwd(x):
-        return tf.reshape(model(x, training=False), [-1])
-
-    def forecast(windows: np.ndarray) -> np.ndarray:
-        w = np.asarray(windows, dtype=np.float64)
-        if w.shape[0] == 0:
-            return np.zeros((0,))
-        x = pre.transform(w)  # (N, 10, 4)
-        z = np.concatenate([fwd(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)])
-        return pre.inverse_target(z, w)
-
-    return forecast
-
-
 def load_splits(cfg: TrainConfig, say: Progress) -> tuple[list[LinkSeries], list[LinkSeries], list[LinkSeries], dict]:
     """Train / validation / test links and a JSON-able description of where they came from."""
     sizes = cfg.sim or SimSizes()
@@ -129,14 +105,17 @@ def load_splits(cfg: TrainConfig, say: Progress) -> tuple[list[LinkSeries], list
     elif cfg.data:
         links = [ls for ls in file_links(cfg.data) if ls.steps > WINDOW]
         if len(links) < 3:
-            from stream.errors import DataError
-
             raise DataError(
                 f"training from files needs at least 3 links with more than {WINDOW} states "
                 f"(split by link into train/val/test), got {len(links)}"
             )
         train, val, test = split_links(links, (0.7, 0.15, 0.15), cfg.seed)
-        info = {"kind": "files", "files": [str(p) for p in cfg.data], "split": "by link 70/15/15", "split_seed": cfg.seed}
+        info = {
+            "kind": "files",
+            "files": [str(p) for p in cfg.data],
+            "split": "by link 70/15/15",
+            "split_seed": cfg.seed,
+        }
     else:
         seeds = simulator_seeds(cfg.seed)
         say(f"simulating {cfg.profile}: train seed {seeds['train']}, val {seeds['val']}, test {seeds['test']}")
@@ -148,44 +127,11 @@ def load_splits(cfg: TrainConfig, say: Progress) -> tuple[list[LinkSeries], list
     return train, val, test, info
 
 
-def fit_forecaster(
-    train: Sequence[LinkSeries],
-    val: Sequence[LinkSeries],
-    lstm_cfg: LSTMConfig,
-    seed: int,
-    feature_mode: str = DEFAULT_FEATURE_MODE,
-    say: Progress = lambda s: None,
-) -> tuple[Any, Preprocessor, float, dict]:
-    """Fit preprocessing, EWMA alpha and the LSTM on ``train`` (``val`` for early stopping).
-
-    Returns (keras model, preprocessor, ewma alpha, LSTM history).
-    """
-    from ml.baselines import fit_ewma_alpha
-
-    wt, yt, _ = windows_of(train)  # (N, 10, 4), (N,)
-    wv, yv, _ = windows_of(val)
-    if len(yt) == 0 or len(yv) == 0:
-        from stream.errors import DataError
-
-        raise DataError(f"need training and validation windows, got {len(yt)} and {len(yv)}")
-    pre = Preprocessor(feature_mode).fit(wt, yt)
-    alpha = fit_ewma_alpha(wt, yt)
-    say(f"preprocessing ({feature_mode}) fitted on {len(yt)} training windows; EWMA alpha = {alpha}")
-    model, hist = train_lstm(
-        pre.transform(wt), pre.transform_target(wt, yt), pre.transform(wv), pre.transform_target(wv, yv),
-        lstm_cfg, seed, progress=say,
-    )
-    return model, pre, alpha, hist
-
-
 def train(config: TrainConfig) -> str:
     """Run a full training and register the result; returns the new version name."""
-    from ml.predict import configure_tf
-
     configure_tf()
-    from ml.ddqn import DDQNConfig, train_ddqn
-    from ml.evaluate import forecasts_for_links, report
-    from ml.registry import save_version
+    # gymnasium (through ml.policy.env): only the DDQN training needs it
+    from ml.policy.ddqn import DDQNConfig, train_ddqn
 
     cfg = config.resolved()
     say = cfg.progress or stderr_progress
@@ -202,7 +148,6 @@ def train(config: TrainConfig) -> str:
 
     t0 = time.monotonic()
     dcfg = cfg.ddqn or (DDQNConfig.quick() if cfg.quick else DDQNConfig())
-    from dataclasses import replace
 
     dcfg = replace(dcfg, variant=cfg.qnet_variant)
     say(f"ddqn: {dcfg.episodes} episodes of {dcfg.episode_len} steps, variant {dcfg.variant}")
@@ -216,9 +161,12 @@ def train(config: TrainConfig) -> str:
     t0 = time.monotonic()
     rep = report(forecasts_for_links(forecaster, test_links, alpha))
     timings["evaluate_s"] = round(time.monotonic() - t0, 1)
-    lstm_mae = rep["predictors"]["lstm"]["mae"]
-    best = min(v["mae"] for k, v in rep["predictors"].items() if k != "lstm")
-    say(f"held-out test: LSTM MAE {lstm_mae:.4g} vs best baseline {best:.4g} (ratio {lstm_mae / best:.3f})")
+    preds = rep["predictors"]
+    best = best_baseline(preds)
+    say(
+        f"held-out test: LSTM MAE {preds['lstm']['mae']:.4g} vs best baseline {best} "
+        f"{preds[best]['mae'] if best else float('nan'):.4g} (ratio {mae_ratio(preds) or float('nan'):.3f})"
+    )
 
     timings["total_s"] = round(time.monotonic() - started, 1)
     meta = {
@@ -235,12 +183,14 @@ def train(config: TrainConfig) -> str:
         "timings": timings,
     }
     version = save_version(cfg.model_dir, model, qnet, pre, meta, promote=cfg.promote)
-    say(f"registered {version} in {cfg.model_dir}{' (current)' if cfg.promote else ''} after {timings['total_s']:.0f} s")
+    say(
+        f"registered {version} in {cfg.model_dir}{' (current)' if cfg.promote else ''} after {timings['total_s']:.0f} s"
+    )
     return version
 
 
 def _jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays -> Python, recursively (metadata must be plain JSON)."""
+    """Numpy scalars/arrays -> Python, recursively (metadata must be plain JSON)."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -18,13 +18,13 @@ so link k's series is the same whatever the fleet size, offset or block size.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from simulator.profiles import PROFILE_NAMES, LinkProfile, profile_for_link
-from stream.errors import ConfigError
-from stream.records import FEATURES, Telemetry
+from stream.core.errors import ConfigError
+from stream.core.records import FEATURES, Telemetry
 
 #: Uniform draws per link and step (layout below); probes use the last MAX_PROBES.
 _U_ROUTE, _U_PATH, _U_PROP, _U_DEG, _U_DUR, _U_DFAC, _U_BURST, _U_BSIZE, _U_PROBE = range(9)
@@ -55,6 +55,20 @@ def _per_link(profiles: list[LinkProfile], attr: str) -> np.ndarray:
     return np.array([getattr(p, attr) for p in profiles], dtype=np.float64)
 
 
+def _check_args(profile: str, links: int, seed: int, step_ms: int, link_offset: int) -> None:
+    """Raise :class:`ConfigError` for an unknown profile or an out-of-range fleet argument."""
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(f"profile must be one of {PROFILE_NAMES}, got {profile!r}")
+    if links < 1:
+        raise ConfigError(f"links must be >= 1, got {links}")
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    if step_ms < 1:
+        raise ConfigError(f"step_ms must be >= 1, got {step_ms}")
+    if link_offset < 0 or link_offset + links > 1_000_000:
+        raise ConfigError(f"link indices must lie in 0..999999, got {link_offset}..{link_offset + links - 1}")
+
+
 class FleetSimulator:
     """Synthetic telemetry for ``links`` links, one vectorised step at a time.
 
@@ -76,16 +90,7 @@ class FleetSimulator:
         *,
         link_offset: int = 0,
     ) -> None:
-        if profile not in PROFILE_NAMES:
-            raise ConfigError(f"profile must be one of {PROFILE_NAMES}, got {profile!r}")
-        if links < 1:
-            raise ConfigError(f"links must be >= 1, got {links}")
-        if seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed}")
-        if step_ms < 1:
-            raise ConfigError(f"step_ms must be >= 1, got {step_ms}")
-        if link_offset < 0 or link_offset + links > 1_000_000:
-            raise ConfigError(f"link indices must lie in 0..999999, got {link_offset}..{link_offset + links - 1}")
+        _check_args(profile, links, seed, step_ms, link_offset)
         self.profile = profile
         self.n = links
         self.seed = seed
@@ -102,12 +107,16 @@ class FleetSimulator:
         #: Base profile name of every link (``datacenter`` / ``internet``).
         self.profiles: list[str] = [p.name for p in profs]
 
-        # Per-link parameter vectors (links,): mixed fleets need per-link values.
+        self._init_parameters(profs)
+        static_u, static_z = self._init_streams(seed, indices)
+        self._init_state(profs, static_u, static_z)
+        self._init_buffers()
+
+    def _init_parameters(self, profs: list[LinkProfile]) -> None:
+        """Per-link parameter vectors (links,) from the profiles: mixed fleets need per-link values."""
         g = lambda attr: _per_link(profs, attr)  # noqa: E731
         self._path_lo, self._path_hi = (np.array([p.path_factor_range[i] for p in profs]) for i in (0, 1))
-        self._lprop_lo, self._lprop_hi = (
-            np.log(np.array([p.prop_latency_ms_range[i] for p in profs])) for i in (0, 1)
-        )
+        self._lprop_lo, self._lprop_hi = (np.log(np.array([p.prop_latency_ms_range[i] for p in profs])) for i in (0, 1))
         self._dfac_lo, self._dfac_hi = (np.array([p.degradation_factor_range[i] for p in profs]) for i in (0, 1))
         self._qscale = g("queue_scale_ms")
         self._qcap = g("queue_cap_ms")
@@ -135,11 +144,13 @@ class FleetSimulator:
         self._probe_mask = (np.arange(MAX_PROBES)[:, None] < k[None, :]).astype(np.float64)
         self._probe_count = k.astype(np.float64)
 
-        # Random streams: per link, SeedSequence(seed, spawn_key=(k,)) -> static / uniform / normal.
+    def _init_streams(self, seed: int, indices: range) -> tuple[np.ndarray, np.ndarray]:
+        """Per-link random streams; returns the static draws, uniform (links, 6) and normal (links, 2)."""
+        # Per link, SeedSequence(seed, spawn_key=(k,)) -> static / uniform / normal.
         self._u_rngs: list[np.random.Generator] = []
         self._z_rngs: list[np.random.Generator] = []
-        static_u = np.empty((links, 6))
-        static_z = np.empty((links, 2))
+        static_u = np.empty((self.n, 6))
+        static_z = np.empty((self.n, 2))
         for i, k_ in enumerate(indices):
             s_static, s_u, s_z = np.random.SeedSequence(seed, spawn_key=(k_,)).spawn(3)
             r = np.random.default_rng(s_static)
@@ -147,8 +158,11 @@ class FleetSimulator:
             static_z[i] = r.standard_normal(2)
             self._u_rngs.append(np.random.default_rng(s_u))
             self._z_rngs.append(np.random.default_rng(s_z))
+        return static_u, static_z
 
-        # Static per-link state drawn from the static stream.
+    def _init_state(self, profs: list[LinkProfile], static_u: np.ndarray, static_z: np.ndarray) -> None:
+        """Static per-link state (capacity class, path, RTT, load mean, loss floor) and the initial dynamic state."""
+        g = lambda attr: _per_link(profs, attr)  # noqa: E731
         n_classes = np.array([len(p.capacity_classes_mbps) for p in profs])
         cls_idx = np.minimum((static_u[:, 0] * n_classes).astype(int), n_classes - 1)
         self.class_capacity_mbps = np.array([p.capacity_classes_mbps[c] for p, c in zip(profs, cls_idx)])
@@ -161,11 +175,14 @@ class FleetSimulator:
         self._loss_floor = np.exp(lf_lo + (lf_hi - lf_lo) * static_u[:, 4])
         # Dynamic state; z starts in its stationary distribution so there is no warm-up transient.
         self._z = g("load_sigma") * static_z[:, 1]
-        self._b = np.zeros(links)
-        self._deg_left = np.zeros(links, dtype=np.int64)
-        self._deg_factor = np.ones(links)
+        self._b = np.zeros(self.n)
+        self._deg_left = np.zeros(self.n, dtype=np.int64)
+        self._deg_factor = np.ones(self.n)
         self._rel: np.ndarray | None = None
 
+    def _init_buffers(self) -> None:
+        """Empty pre-drawn noise blocks and the JSON payload templates."""
+        links = self.n
         # Pre-drawn noise blocks: (B, _NU, links) and (B, _NZ, links).
         self._block = int(max(1, min(_MAX_BLOCK, _BLOCK_BYTES // (8 * (_NU + _NZ) * links))))
         self._bpos = self._block

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stream.errors import ConfigError
+from stream.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ INTERNET = LinkProfile(
 #: Base profiles by name.
 BASE_PROFILES: dict[str, LinkProfile] = {p.name: p for p in (DATACENTER, INTERNET)}
 #: Every name ``FleetSimulator`` accepts: the base profiles and ``mixed``.
-PROFILE_NAMES: tuple[str, ...] = ("datacenter", "internet", "mixed")
+PROFILE_NAMES: tuple[str, ...] = (*BASE_PROFILES, "mixed")
 
 
 def profile_for_link(profile: str, link_index: int) -> LinkProfile:

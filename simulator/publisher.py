@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from stream.records import Telemetry
-from stream.settings import Settings
+from simulator.pacing import PublishStats, paced_chunks
+from stream.core.records import Telemetry
+from stream.core.settings import Settings
+from stream.kafka.producer import DeliveryCounter, produce
 
 #: Producer settings tuned for many small records: big batches, deep queue, and a linger of
 #: 20 ms. Fewer, bigger record batches are cheaper for any broker, and for the embedded tansu
@@ -26,55 +27,6 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 1_000_000,
     "queue.buffering.max.kbytes": 1_048_576,
 }
-
-
-@dataclass
-class PublishStats:
-    """What a paced run did: records produced, wall seconds, steps completed, stop reason."""
-
-    records: int = 0
-    steps: int = 0
-    seconds: float = 0.0
-    stopped: bool = False
-
-    @property
-    def rate(self) -> float:
-        """Records per second over the run."""
-        return self.records / self.seconds if self.seconds > 0 else 0.0
-
-
-class Pacer:
-    """Sleeps so that ``n`` items are done no earlier than ``n / rate`` s after the start.
-
-    ``rate=None`` never sleeps. Waiting on ``stop_event`` keeps Ctrl-C / stop responsive.
-    """
-
-    def __init__(self, rate: float | None, stop_event: threading.Event | None = None) -> None:
-        if rate is not None and rate <= 0:
-            raise ValueError(f"rate must be > 0 records/s, got {rate}")
-        self.rate = rate
-        self.stop_event = stop_event
-        self.t0 = time.perf_counter()
-
-    def wait(self, done: int) -> bool:
-        """Block until ``done`` items are due; False when the stop event was set."""
-        if self.stop_event is not None and self.stop_event.is_set():
-            return False
-        if self.rate is None:
-            return True
-        delay = self.t0 + done / self.rate - time.perf_counter()
-        if delay > 0:
-            if self.stop_event is not None:
-                return not self.stop_event.wait(delay)
-            time.sleep(delay)
-        return True
-
-
-def chunk_size(links: int, rate: float | None) -> int:
-    """Records per paced chunk: about 10 ms of records (a whole step when unpaced)."""
-    if rate is None:
-        return links
-    return max(1, min(links, int(rate / 100)))
 
 
 class TelemetryPublisher:
@@ -93,32 +45,31 @@ class TelemetryPublisher:
     ) -> None:
         self.topic = topic or settings.telemetry_topic
         if producer is None:
-            from confluent_kafka import Producer  # heavy-ish import only when publishing
+            from confluent_kafka import Producer  # confluent-kafka: only code that talks to a broker
 
             cfg = settings.confluent_config(**{**PRODUCER_DEFAULTS, **producer_config})
             producer = Producer(cfg)
         self._producer = producer
         self.produced = 0
-        self.delivered = 0
-        self.failed = 0
-        self.errors: list[str] = []
+        self._deliveries = DeliveryCounter(keep_errors=10)
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            self.delivered += 1
-        else:
-            self.failed += 1
-            if len(self.errors) < 10:
-                self.errors.append(str(err))
+    @property
+    def delivered(self) -> int:
+        """Records the broker acknowledged."""
+        return self._deliveries.delivered
+
+    @property
+    def failed(self) -> int:
+        """Records whose delivery failed."""
+        return self._deliveries.failed
+
+    @property
+    def errors(self) -> list[str]:
+        """The first few delivery errors."""
+        return self._deliveries.errors
 
     def _produce(self, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room again.
-                self._producer.poll(0.05)
+        produce(self._producer, self.topic, value, key, on_delivery=self._deliveries.on_delivery)
         self.produced += 1
 
     def publish_payloads(self, payloads: Iterable[tuple[bytes, bytes]]) -> int:
@@ -164,25 +115,7 @@ class TelemetryPublisher:
         10 ms of records are paced, so a slow rate over many links is smooth, not bursty.
         Does not flush: call :meth:`flush` afterwards.
         """
-        pacer = Pacer(rate, stop_event)
         stats = PublishStats()
-        chunk = chunk_size(sim.links, rate)
-        t0 = pacer.t0
-        next_report = t0 + progress_every_s
-        while steps is None or stats.steps < steps:
-            payloads = sim.payloads()
-            for i in range(0, len(payloads), chunk):
-                if not pacer.wait(stats.records):
-                    stats.stopped = True
-                    break
-                stats.records += self.publish_payloads(payloads[i : i + chunk])
-            if stats.stopped:
-                break
-            stats.steps += 1
-            now = time.perf_counter()
-            if progress is not None and now >= next_report:
-                stats.seconds = now - t0
-                progress(stats)
-                next_report = now + progress_every_s
-        stats.seconds = time.perf_counter() - t0
+        for chunk in paced_chunks(sim, steps, rate, stats, stop_event, progress, progress_every_s):
+            self.publish_payloads(chunk.payloads)
         return stats

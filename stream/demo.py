@@ -8,8 +8,6 @@ decisions, then prints a summary and stops what it started - and only that.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,8 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import ModelError, StackError, Terminated
-from stream.settings import Settings
+from simulator.generator import FleetSimulator
+from simulator.pacing import chunk_size
+from simulator.publisher import TelemetryPublisher
+from stream.core.errors import StackError, Terminated
+from stream.core.settings import Settings
+from stream.metrics.scrape import scrape
+from stream.ops.harness import (
+    ProduceClock,
+    WorkerSubprocess,
+    ensure_model,
+    publish_timed,
+)
+from stream.ops.stack import EmbeddedStack, free_port
 
 #: Deliberately invalid records the demo injects (every few seconds) so the dead-letter
 #: path is visible; each is labelled as injected in the view and the summary.
@@ -31,27 +40,6 @@ INJECTED_BAD = (
     b"not json at all (injected)",
     b'{"link_id":"injected-bad","seq":1,"ts_ms":1,"latency_ms":1,"bandwidth_mbps":1,"packet_loss":1.7,"reliability":1}',
 )
-
-
-def ensure_model(model_dir: Path, quiet: bool = False) -> str:
-    """The current registered version in ``model_dir``; trains a quick one first if there is none."""
-    from ml.registry import current_version
-
-    version = current_version(model_dir)
-    if version:
-        return version
-    print(
-        f"no model is registered in {model_dir}: training a quick model first "
-        f"(bwp train --quick --out {model_dir}, about a minute)...",
-        file=sys.stderr,
-        flush=True,
-    )
-    cmd = [sys.executable, "-m", "stream.cli", "train", "--quick", "--out", str(model_dir)]
-    rc = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None).returncode
-    version = current_version(model_dir)
-    if rc != 0 or not version:
-        raise ModelError(f"quick training failed (exit code {rc}); run `bwp train --quick --out {model_dir}` to see why")
-    return version
 
 
 @dataclass
@@ -75,7 +63,7 @@ class _Reader(threading.Thread):
 
     def __init__(self, s: Settings, state: DemoState, clock: Any, watched: set[str]) -> None:
         super().__init__(daemon=True)
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer, TopicPartition  # confluent-kafka: only code that talks to a broker
 
         self.c = Consumer(s.confluent_config(**{
             "group.id": f"bwp-demo-view-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
@@ -110,9 +98,9 @@ class _Reader(threading.Thread):
 
 
 def _render(state: DemoState, watched: list[str], profiles: dict[str, str], elapsed: float, total: float, info: str):
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
+    from rich.console import Group  # rich: only the demo draws
+    from rich.table import Table  # rich: only the demo draws
+    from rich.text import Text  # rich: only the demo draws
 
     t = Table(title=f"bwp demo - latest decision per link ({len(watched)} links of the fleet)", expand=False)
     for col, just in (("link", "left"), ("profile", "left"), ("seq", "right"), ("now Mbit/s", "right"),
@@ -124,7 +112,16 @@ def _render(state: DemoState, watched: list[str], profiles: dict[str, str], elap
             d = state.latest.get(lid)
             now = state.bandwidth_now.get(lid)
             if d is None:
-                t.add_row(lid, profiles.get(lid, ""), "-", f"{now:,.1f}" if now is not None else "-", "window filling", "", "", "")
+                t.add_row(
+                    lid,
+                    profiles.get(lid, ""),
+                    "-",
+                    f"{now:,.1f}" if now is not None else "-",
+                    "window filling",
+                    "",
+                    "",
+                    "",
+                )
                 continue
             t.add_row(
                 lid, d.get("profile", ""), str(d["seq"]), f"{now:,.1f}" if now is not None else "-",
@@ -149,28 +146,17 @@ def _render(state: DemoState, watched: list[str], profiles: dict[str, str], elap
     return Group(t, Text("\n".join(lines)))
 
 
-def run_demo(settings: Settings, seconds: float, links: int, rate: float | None) -> int:
-    """Run the demo; returns the exit code."""
-    from rich.console import Console
-    from rich.live import Live
-
-    from simulator.generator import FleetSimulator
-    from simulator.publisher import TelemetryPublisher, chunk_size
-    from stream.bench import ProduceClock, publish_timed
-    from stream.stack import EmbeddedStack, free_port
-    from stream.worker import WorkerSubprocess
-
-    console = Console(stderr=False)
-    rate = rate or 5.0 * links  # 5 steps/s: windows fill in 2 s
-    run_id = time.strftime("%H%M%S") + "-" + uuid.uuid4().hex[:4]
-
-    # --- stack: reuse a running one, start ours, or fall back to free ports ------------------
+def _start_stack(settings: Settings, console: Any, run_id: str) -> tuple[EmbeddedStack, Any, bool, Settings]:
+    """Reuse a running stack, start ours, or fall back to free ports; returns (stack, info,
+    whether this demo started it, the settings it runs on)."""
     stack = EmbeddedStack(settings)
     was_running = all(v["running"] for v in stack.status().values())
     try:
         info = stack.up()
     except StackError as exc:
-        console.print(f"[yellow]the usual ports are taken: {exc}[/]\n[yellow]starting a private stack on free ports instead.[/]")
+        console.print(
+            f"[yellow]the usual ports are taken: {exc}[/]\n[yellow]starting a private stack on free ports instead.[/]"
+        )
         settings = settings.model_copy(update={
             "state_dir": Path(settings.state_dir) / f"demo-{run_id}",
             "kafka_bootstrap": f"127.0.0.1:{free_port()}", "redis_url": f"redis://127.0.0.1:{free_port()}/0",
@@ -178,17 +164,92 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
         stack = EmbeddedStack(settings)
         was_running = False
         info = stack.up()
-    started_stack = not was_running and (info.kafka_pid or info.redis_pid)
-    console.print(f"kafka {info.kafka_bootstrap}, redis {info.redis_url}" + ("" if started_stack else " (already running, left running)"))
+    started_stack = bool(not was_running and (info.kafka_pid or info.redis_pid))
+    console.print(
+        f"kafka {info.kafka_bootstrap}, redis {info.redis_url}"
+        + ("" if started_stack else " (already running, left running)")
+    )
+    return stack, info, started_stack, settings
 
-    # Fresh topics, group and key namespace per run: a rerun never mixes with older data.
-    s = settings.model_copy(update={
+
+def _run_settings(settings: Settings, info: Any, run_id: str) -> Settings:
+    """Fresh topics, group and key namespace per run: a rerun never mixes with older data."""
+    return settings.model_copy(update={
         "kafka_bootstrap": info.kafka_bootstrap, "redis_url": info.redis_url,
         "telemetry_topic": f"bwp.demo-{run_id}.telemetry", "decisions_topic": f"bwp.demo-{run_id}.decisions",
         "dlq_topic": f"bwp.demo-{run_id}.dlq", "consumer_group": f"bwp-demo-{run_id}",
         "key_prefix": f"bwp-demo-{run_id}", "window_ttl_s": 3600, "embedded": "never",
     })  # fmt: skip
-    stack.create_topics(s.kafka_bootstrap, (s.telemetry_topic, s.decisions_topic, s.dlq_topic), s.partitions, time.monotonic() + 30)
+
+
+def _drain(state: DemoState, links: int, timeout_s: float = 10.0) -> None:
+    """Let the worker finish what is in flight, bounded by ``timeout_s``."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        with state.lock:
+            done = state.decisions >= _expected(state.published, links)
+        if done:
+            return
+        time.sleep(0.3)
+
+
+def _live_view(
+    console: Any,
+    state: DemoState,
+    watched: list[str],
+    profiles: dict[str, str],
+    seconds: float,
+    worker: WorkerSubprocess,
+    metrics_port: int,
+    bad_pub: TelemetryPublisher,
+) -> None:
+    """Refresh the live view every second for ``seconds``, injecting a bad record every 5 s."""
+    from rich.live import Live  # rich: only the demo draws
+
+    t0 = time.monotonic()
+    next_bad = t0 + 2.0
+    with Live(_render(state, watched, profiles, 0, seconds, ""), console=console, refresh_per_second=2) as live:
+        while (elapsed := time.monotonic() - t0) < seconds:
+            if not worker.alive():
+                raise StackError(f"the worker exited ({worker.proc.returncode}); log tail:\n{worker.log_tail()}")
+            if time.monotonic() >= next_bad:
+                bad_pub.publish_payloads([(b"injected-bad", INJECTED_BAD[state.injected % len(INJECTED_BAD)])])
+                bad_pub.flush(5)
+                with state.lock:
+                    state.injected += 1
+                next_bad += 5.0
+            with state.lock:
+                state.rates.append((time.monotonic(), state.published, state.decisions))
+            live.update(_render(state, watched, profiles, elapsed, seconds, _worker_line(metrics_port)))
+            time.sleep(1.0)
+
+
+def _start_worker(s: Settings, console: Any, run_id: str, metrics_port: int) -> WorkerSubprocess:
+    """A worker subprocess on the current model (a quick one is trained first if there is none)."""
+    version = ensure_model(Path(s.model_dir))
+    log_path = Path(s.state_dir) / f"demo-{run_id}-worker.log"
+    worker = WorkerSubprocess(s, log_path, ["--metrics-port", str(metrics_port)]).start()
+    pid = worker.proc.pid if worker.proc is not None else "?"
+    console.print(f"worker pid {pid} (model {version}, log {log_path}, metrics :{metrics_port}/metrics)")
+    console.print(
+        f"follow the decisions elsewhere: bwp tail --decisions-topic {s.decisions_topic} --bootstrap {s.kafka_bootstrap}"
+    )
+    return worker
+
+
+def run_demo(settings: Settings, seconds: float, links: int, rate: float | None) -> int:
+    """Run the demo; returns the exit code."""
+    from rich.console import Console  # rich: only the demo draws
+
+    console = Console(stderr=False)
+    rate = rate or 5.0 * links  # 5 steps/s: windows fill in 2 s
+    run_id = time.strftime("%H%M%S") + "-" + uuid.uuid4().hex[:4]
+
+    stack, info, started_stack, settings = _start_stack(settings, console, run_id)
+    s = _run_settings(settings, info, run_id)
+    stack.create_topics(
+        s.kafka_bootstrap, (s.telemetry_topic, s.decisions_topic, s.dlq_topic), s.partitions, time.monotonic() + 30
+    )
 
     worker = None
     publisher_thread = None
@@ -196,12 +257,8 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
     publishers: list = []
     stop = threading.Event()
     try:
-        version = ensure_model(Path(s.model_dir))
         metrics_port = free_port()
-        log_path = Path(s.state_dir) / f"demo-{run_id}-worker.log"
-        worker = WorkerSubprocess(s, log_path, ["--metrics-port", str(metrics_port)]).start()
-        console.print(f"worker pid {worker.proc.pid} (model {version}, log {log_path}, metrics :{metrics_port}/metrics)")
-        console.print(f"follow the decisions elsewhere: bwp tail --decisions-topic {s.decisions_topic} --bootstrap {s.kafka_bootstrap}")
+        worker = _start_worker(s, console, run_id, metrics_port)
 
         sim = FleetSimulator("mixed", links, seed=int(time.time()) % 10_000, step_ms=max(1, int(1000 * links / rate)))
         idx = sorted(set(np.linspace(0, links - 1, min(15, links)).astype(int).tolist()))
@@ -233,34 +290,12 @@ def run_demo(settings: Settings, seconds: float, links: int, rate: float | None)
         console.print("waiting for the worker to start (loads the model, joins the consumer group)...")
         _wait_worker(worker, metrics_port, 120)
         publisher_thread.start()
-        t0 = time.monotonic()
-        next_bad = t0 + 2.0
-        with Live(_render(state, watched, profiles, 0, seconds, ""), console=console, refresh_per_second=2) as live:
-            while (elapsed := time.monotonic() - t0) < seconds:
-                if not worker.alive():
-                    raise StackError(f"the worker exited ({worker.proc.returncode}); log tail:\n{worker.log_tail()}")
-                if time.monotonic() >= next_bad:
-                    bad_pub.publish_payloads([(b"injected-bad", INJECTED_BAD[state.injected % len(INJECTED_BAD)])])
-                    bad_pub.flush(5)
-                    with state.lock:
-                        state.injected += 1
-                    next_bad += 5.0
-                with state.lock:
-                    state.rates.append((time.monotonic(), state.published, state.decisions))
-                live.update(_render(state, watched, profiles, elapsed, seconds, _worker_line(metrics_port)))
-                time.sleep(1.0)
+        _live_view(console, state, watched, profiles, seconds, worker, metrics_port, bad_pub)
         stop.set()
         publisher_thread.join(15)
         with state.lock:
             state.published = pub.produced + bad_pub.produced  # incl. a last partial step and the injected
-        # let the worker finish what is in flight, bounded
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            with state.lock:
-                done = state.decisions >= _expected(state.published, links)
-            if done:
-                break
-            time.sleep(0.3)
+        _drain(state, links)
         _summary(console, state, links, worker_metrics(metrics_port))
         return 0
     except KeyboardInterrupt as exc:
@@ -289,20 +324,13 @@ def _expected(published: int, links: int) -> int:
 
 
 def worker_metrics(port: int) -> dict[str, float]:
-    """The worker's counters from its /metrics endpoint ({} when unreachable)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
-    except OSError:
-        return {}
+    """The worker's counters (and consumer lag) from its /metrics endpoint, summed over labels
+    ({} when unreachable)."""
+    samples = scrape(port, timeout_s=1.0)
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for sample in fam.samples:
-            if sample.name.endswith("_total") or sample.name.startswith("bwp_consumer_lag"):
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    for (name, _), value in (samples or {}).items():
+        if name.endswith("_total") or name.startswith("bwp_consumer_lag"):
+            out[name] = out.get(name, 0.0) + value
     return out
 
 

@@ -16,10 +16,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from stream.settings import Settings, load_settings  # noqa: E402
-from stream.stack import EmbeddedStack, StackInfo, create_topics, free_port  # noqa: E402
+from stream.core.settings import Settings, load_settings
+from stream.kafka.admin import create_topics
+from stream.ops.stack import EmbeddedStack, StackInfo, free_port
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO.parent / "shared" / "data" / "traces"
 
 
@@ -80,6 +81,6 @@ def traces_root() -> Path:
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with one quick-trained, promoted model (trained once per session)."""
-    from fixtures_models import quick_model_dir
+    from tests.helpers.models import quick_model_dir
 
     return quick_model_dir(tmp_path_factory)

@@ -1,7 +1,7 @@
 """Write deploy/grafana/dashboards/bwp.json (the provisioned Grafana dashboard).
 
 The JSON is generated so that panels stay uniform; edit this file, then run
-``.venv/bin/python deploy/grafana/build_dashboard.py``. ``tests/test_compose.py`` checks
+``.venv/bin/python deploy/grafana/build_dashboard.py``. ``tests/deploy/test_compose.py`` checks
 that every ``bwp_*`` metric the PromQL uses is one the worker exports.
 """
 
@@ -35,8 +35,12 @@ def timeseries(title: str, exprs: list[tuple[str, str]], unit: str, desc: str, s
             "defaults": {
                 "unit": unit,
                 "min": 0,
-                "custom": {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10,
-                           "stacking": {"mode": "normal" if stack else "none", "group": "A"}},
+                "custom": {
+                    "drawStyle": "line",
+                    "lineWidth": 1,
+                    "fillOpacity": 10,
+                    "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+                },
             },
             "overrides": [],
         },  # fmt: skip
@@ -65,14 +69,20 @@ def quantiles(metric: str, by: str = "", qs: tuple[float, ...] = (0.5, 0.95, 0.9
     out = []
     for q in qs:
         legend = f"p{int(q * 100)}" + (f" {{{{{by}}}}}" if by else "")
-        out.append((f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[$__rate_interval])))", legend))
+        out.append(
+            (f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{SEL}}}[$__rate_interval])))", legend)
+        )
     return out
 
 
 def panels() -> list[dict[str, Any]]:
     """Every panel, laid out on a 24-column grid."""
     red = [{"color": "green", "value": None}, {"color": "orange", "value": 0.05}, {"color": "red", "value": 0.1}]
-    lag_steps = [{"color": "green", "value": None}, {"color": "orange", "value": 10000}, {"color": "red", "value": 100000}]
+    lag_steps = [
+        {"color": "green", "value": None},
+        {"color": "orange", "value": 10000},
+        {"color": "red", "value": 100000},
+    ]
     row1 = [
         stat("Records in /s", f"sum(rate(bwp_records_consumed_total{{{SEL}}}[$__rate_interval]))", "ops",
              "Telemetry records consumed per second, all workers."),

@@ -25,15 +25,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from stream.settings import load_settings  # noqa: E402
-from stream.stack import EmbeddedStack, free_port  # noqa: E402
+from stream.core.settings import load_settings  # noqa: E402
+from stream.ops.stack import EmbeddedStack, free_port  # noqa: E402
 
 BWP = str(Path(sys.executable).parent / "bwp")
 OUT = REPO / "docs" / "img" / "dashboard.png"
 
 
 def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -76,7 +76,7 @@ def main() -> int:
     try:
         stack.up(partitions=4)
         subprocess.run([BWP, "train", "--quick"], env=env, check=True, stdout=subprocess.DEVNULL)
-        log = open(tmp / "worker.log", "wb")
+        log = open(tmp / "worker.log", "wb")  # noqa: SIM115 - the worker writes to it until the end
         procs.append(subprocess.Popen([BWP, "worker", "--metrics-port", str(mport)], env=env, stdout=log, stderr=log))
         cfg = tmp / "prometheus.yml"
         cfg.write_text(

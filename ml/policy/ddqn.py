@@ -1,0 +1,369 @@
+"""Double-DQN training of the allocation policy.
+
+Online network ``Q`` and target network ``Q'`` (same architecture, ``ml.qnet``).
+For a transition ``(s, a, r, s', done)`` the Double-DQN target is::
+
+    a* = argmax_a' Q(s', a')                      (online network picks)
+    y  = r + gamma * (1 - done) * Q'(s', a*)      (target network evaluates)
+
+and the online network minimises the Huber loss between ``Q(s, a)`` and ``y``.
+Both forward passes of the target computation run in inference mode
+(``training=False``: BatchNorm uses its moving statistics, Dropout is off); only the
+gradient step runs the online network with ``training=True``. Every
+``target_update_every`` gradient steps the target becomes a hard copy of *all* the
+online weights, including BatchNorm's non-trainable moving mean/variance.
+
+Acting is vectorised: ``n_envs`` episodes run side by side (each a
+``LinkAllocationEnv``-equivalent episode drawn from precomputed series data), one
+batched forward pass picks all their epsilon-greedy actions, and their transitions
+go into a numpy ring buffer (no per-sample Python objects). Epsilon decays once per
+vector step (``epsilon *= epsilon_decay`` down to ``epsilon_end``).
+
+Episodes end by truncation (fixed length), so ``done`` is always 0 and the target
+bootstraps through the episode boundary. Because an action never changes the next
+state, ``Q(s, a) = r(s, a) + gamma * V(s')`` where ``V(s')`` does not depend on ``a``:
+the greedy policy is the one-step (bandit) optimum for any gamma, and gamma only
+scales the action-independent part of Q (about ``1 / (1 - gamma)`` times the mean
+reward), which the network must learn on top of the small action differences.
+docs/policy.md measures this.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ml.policy.buffer import ReplayBuffer
+from ml.policy.env import DEFAULT_EPISODE_LEN, Forecaster, SeriesData, precompute
+from ml.policy.evaluation import baseline_rewards
+from ml.policy.observation import OBS_DIM, OBS_NAMES
+from ml.policy.qnet import build_qnetwork
+from stream.core.records import N_ACTIONS
+
+EpisodeCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class DDQNConfig:
+    """Hyper-parameters of :func:`train_ddqn` (defaults = the shipped setting)."""
+
+    episodes: int = 240  # episodes in total, across all parallel environments
+    episode_len: int = DEFAULT_EPISODE_LEN  # decisions per episode
+    n_envs: int = 16  # episodes acted on side by side
+    replay_size: int = 10_000
+    batch_size: int = 64
+    gamma: float = 0.99
+    lr: float = 1e-3
+    huber_delta: float = 1.0
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.01
+    epsilon_decay: float = 0.995  # per vector step (= n_envs transitions)
+    target_update_every: int = 10  # gradient steps between hard target copies
+    learning_starts: int = 1_000  # transitions in the buffer before the first gradient step
+    updates_per_step: int = 1  # gradient steps per vector step
+    variant: str = "mlp"  # "mlp" | "bn" (docs/policy.md: measured comparison)
+    dropout: float = 0.2  # for variant "bn"
+    use_forecast: bool = True  # False zeroes the forecast feature (ablation)
+    eval_every: int = 16  # episodes between greedy evaluations
+    eval_episodes: int = 16  # validation episodes (drawn from the training series)
+    keep_best: bool = True
+    value_init: bool = True  # output bias starts at mean reward / (1 - gamma)  # return the weights of the best greedy validation score
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DDQNConfig:
+        """A small run (well under 25 s on 2 cores) for demos and smoke tests."""
+        base = cls(episodes=160, episode_len=100, n_envs=16, learning_starts=500, eval_every=32, eval_episodes=8)
+        return replace(base, **overrides)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1 or self.episode_len < 1 or self.n_envs < 1:
+            raise ValueError("episodes, episode_len and n_envs must be >= 1")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if self.batch_size > self.replay_size:
+            raise ValueError("batch_size must not exceed replay_size")
+
+
+def double_dqn_targets(
+    rewards: np.ndarray, dones: np.ndarray, q_online_next: np.ndarray, q_target_next: np.ndarray, gamma: float
+) -> np.ndarray:
+    """Double-DQN TD targets: ``r + gamma * (1 - done) * Q_target(s', argmax_a' Q_online(s', a'))``.
+
+    ``rewards``, ``dones``: (B,); ``q_online_next``, ``q_target_next``: (B, n_actions).
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    d = np.asarray(dones, dtype=np.float64)
+    qo = np.asarray(q_online_next, dtype=np.float64)
+    qt = np.asarray(q_target_next, dtype=np.float64)
+    best = np.argmax(qo, axis=1)  # (B,) chosen by the online network
+    return r + gamma * (1.0 - d) * qt[np.arange(qt.shape[0]), best]
+
+
+def _greedy_mean(act_fn: Callable[[np.ndarray], np.ndarray], val: list[tuple[SeriesData, int, int]]) -> float:
+    """Mean reward of the greedy policy on validation episodes (data, start, length)."""
+    obs = np.concatenate([d.obs[s : s + n] for d, s, n in val])  # (sum n, OBS_DIM)
+    acts = act_fn(obs)
+    rew = np.concatenate([d.rewards[s : s + n] for d, s, n in val])  # (sum n, 10)
+    return float(rew[np.arange(rew.shape[0]), acts].mean())
+
+
+@dataclass
+class _QNets:
+    """The online and target Q-networks with their compiled forward passes and gradient step."""
+
+    online: Any
+    target: Any
+    act: Callable[[np.ndarray], np.ndarray]  # obs (N, OBS_DIM) -> greedy actions (N,) int32
+    q_next: Callable[[np.ndarray], Any]  # next obs -> (Q_online, Q_target), both in inference mode
+    train_step: Callable[[np.ndarray, np.ndarray, np.ndarray], Any]  # (obs, actions, y) -> Huber loss
+
+
+@dataclass
+class _Run:
+    """Mutable state of one training run: the parallel episodes, epsilon, counters and the best checkpoint."""
+
+    envs: list[tuple[SeriesData, int, int]]  # per parallel env: its episode (data, start, length)
+    t: np.ndarray  # (k,) position in the episode; -1 = parked (no episode left to start)
+    ep_sum: np.ndarray  # (k,) reward summed over the episode so far
+    eps: float
+    started_eps: int
+    finished: int = 0
+    grad_steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    best_score: float = -np.inf
+    best_weights: list[np.ndarray] | None = None
+    next_eval: int = 0
+
+
+def _usable_series(series: Sequence[np.ndarray], forecaster: Forecaster, use_forecast: bool) -> list[SeriesData]:
+    """Precomputed episode data of every series with at least one decision (raises ValueError if none)."""
+    datas = [precompute(s, forecaster, use_forecast) for s in series]
+    datas = [d for d in datas if d.n_steps >= 1]
+    if not datas:
+        raise ValueError("train_ddqn needs at least one series with more than 10 rows")
+    return datas
+
+
+def _draw_episode(rng: np.random.Generator, datas: list[SeriesData], episode_len: int) -> tuple[SeriesData, int, int]:
+    """A random episode (data, start, length): a uniform series, then a uniform start (two ``rng`` draws)."""
+    d = datas[int(rng.integers(len(datas)))]
+    n = min(episode_len, d.n_steps)
+    return d, int(rng.integers(0, d.n_steps - n + 1)), n
+
+
+def _new_history(val: list[tuple[SeriesData, int, int]]) -> dict[str, Any]:
+    """The empty training history, with the baselines' mean rewards on the validation episodes."""
+    baselines = baseline_rewards(
+        [
+            SeriesData(
+                d.obs[s : s + n + 1],
+                d.reference[s : s + n + 1],
+                d.forecast[s : s + n + 1],
+                d.actual_next[s : s + n + 1],
+                d.rewards[s : s + n + 1],
+            )
+            for d, s, n in val
+        ]
+    )
+    return {
+        "episode_reward": [],
+        "episode_epsilon": [],
+        "greedy_eval": [],
+        "baselines": {
+            key: baselines[key]
+            for key in ("fixed_50", "best_fixed", "best_fixed_pct", "predict_then_allocate", "oracle")
+        },
+    }
+
+
+def _build_nets(cfg: DDQNConfig, seed: int, datas: list[SeriesData]) -> _QNets:
+    """Online and target networks (target = copy of online), Adam optimizer and Huber loss, as tf.functions."""
+    import keras  # Keras (TensorFlow): seconds to import; only model code needs it
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    online = build_qnetwork(OBS_DIM, N_ACTIONS, cfg.variant, cfg.dropout, seed=seed)
+    target = build_qnetwork(OBS_DIM, N_ACTIONS, cfg.variant, cfg.dropout, seed=seed)
+    if cfg.value_init and cfg.gamma < 1.0:
+        # Start Q at the discounted value of the random policy's mean reward, so the network
+        # need not first grow the large action-independent offset r/(1-gamma) from 0.
+        r_mean = float(np.mean([np.nanmean(d.rewards[: d.n_steps]) for d in datas]))
+        head = online.get_layer("q_values")
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel, np.full_like(bias, r_mean / (1.0 - cfg.gamma))])
+    target.set_weights(online.get_weights())
+    opt = keras.optimizers.Adam(learning_rate=cfg.lr)
+    huber = keras.losses.Huber(delta=cfg.huber_delta)
+    spec = tf.TensorSpec([None, OBS_DIM], tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def q_greedy(obs):
+        return tf.argmax(online(obs, training=False), axis=1, output_type=tf.int32)
+
+    @tf.function(input_signature=[spec])
+    def q_next(next_obs):
+        # both in inference mode: BN moving statistics, no dropout
+        return online(next_obs, training=False), target(next_obs, training=False)
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32)])
+    def train_step(obs, actions, y):
+        with tf.GradientTape() as tape:
+            q = online(obs, training=True)  # (B, 10)
+            q_a = tf.gather(q, actions, axis=1, batch_dims=1)  # (B,)
+            loss = huber(y, q_a)
+        grads = tape.gradient(loss, online.trainable_variables)
+        opt.apply_gradients(zip(grads, online.trainable_variables))
+        return loss
+
+    return _QNets(online, target, lambda o: q_greedy(o).numpy(), q_next, train_step)
+
+
+def _act(run: _Run, nets: _QNets, buf: ReplayBuffer, rng: np.random.Generator, cfg: DDQNConfig) -> None:
+    """One vector step: epsilon-greedy actions for every env, transitions into ``buf``, epsilon decay."""
+    k = len(run.envs)
+    obs = np.stack([d.obs[s + ti] for (d, s, _), ti in zip(run.envs, run.t)])  # (k, OBS_DIM)
+    nxt = np.stack([d.obs[s + ti + 1] for (d, s, _), ti in zip(run.envs, run.t)])  # (k, OBS_DIM)
+    greedy = nets.act(obs)
+    explore = rng.random(k) < run.eps
+    actions = np.where(explore, rng.integers(0, N_ACTIONS, size=k), greedy).astype(np.int32)
+    rewards = np.array([d.rewards[s + ti, a] for (d, s, _), ti, a in zip(run.envs, run.t, actions)], np.float32)
+    buf.add_batch(obs, actions, rewards, nxt, np.zeros(k, np.float32))  # truncation only: done = 0
+    run.ep_sum += rewards
+    run.t += 1
+    run.eps = max(cfg.epsilon_end, run.eps * cfg.epsilon_decay)
+
+
+def _learn(run: _Run, nets: _QNets, buf: ReplayBuffer, rng: np.random.Generator, cfg: DDQNConfig) -> None:
+    """``updates_per_step`` Double-DQN gradient steps on replay batches, with the periodic hard target copy."""
+    for _ in range(cfg.updates_per_step):
+        o, a, r, o2, dn = buf.sample(rng, cfg.batch_size)
+        qo, qt = nets.q_next(o2)
+        y = double_dqn_targets(r, dn, qo.numpy(), qt.numpy(), cfg.gamma).astype(np.float32)
+        run.losses.append(float(nets.train_step(o, a, y)))
+        run.grad_steps += 1
+        if run.grad_steps % cfg.target_update_every == 0:
+            nets.target.set_weights(nets.online.get_weights())  # all weights, BN moving stats included
+
+
+def _finish_episodes(
+    run: _Run, history: dict[str, Any], rng: np.random.Generator, datas: list[SeriesData], cfg: DDQNConfig
+) -> None:
+    """Record every episode that just ended and start a new one in its env, or park the env when none is left."""
+    for i in range(len(run.envs)):
+        d, s, n = run.envs[i]
+        if run.t[i] < n:
+            continue
+        run.finished += 1
+        history["episode_reward"].append(float(run.ep_sum[i] / n))
+        history["episode_epsilon"].append(float(run.eps))
+        run.ep_sum[i] = 0.0
+        run.t[i] = 0
+        if run.started_eps < cfg.episodes:
+            run.envs[i] = _draw_episode(rng, datas, cfg.episode_len)
+            run.started_eps += 1
+        else:
+            run.t[i] = -1  # parked: no more episodes to start
+
+
+def _drop_parked(run: _Run) -> bool:
+    """The tail: drop the parked envs; False when none is left active."""
+    active = [i for i in range(len(run.envs)) if run.t[i] >= 0]
+    if not active:
+        return False
+    run.envs = [run.envs[i] for i in active]
+    run.t = run.t[active]
+    run.ep_sum = run.ep_sum[active]
+    return True
+
+
+def _evaluate(
+    run: _Run,
+    nets: _QNets,
+    val: list[tuple[SeriesData, int, int]],
+    history: dict[str, Any],
+    cfg: DDQNConfig,
+    progress: EpisodeCallback | None,
+) -> None:
+    """Score the greedy policy on the validation episodes, log it (and the mean loss since the last one),
+    keep the best weights and report to ``progress``."""
+    score = _greedy_mean(nets.act, val)
+    loss = float(np.mean(run.losses)) if run.losses else None
+    run.losses.clear()
+    row = {
+        "episode": run.finished,
+        "mean_reward": score,
+        "epsilon": run.eps,
+        "loss": loss,
+        "gradient_steps": run.grad_steps,
+    }
+    history["greedy_eval"].append(row)
+    if cfg.keep_best and score > run.best_score:
+        run.best_score, run.best_weights = score, nets.online.get_weights()
+    if progress is not None:
+        progress(dict(row))
+
+
+def train_ddqn(
+    series: Sequence[np.ndarray],
+    forecaster: Forecaster,
+    config: DDQNConfig | None = None,
+    seed: int = 0,
+    progress: EpisodeCallback | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Train a Q-network on episodes drawn from ``series`` (each (T, 4), FEATURES order).
+
+    ``forecaster`` maps windows (N, 10, 4) to next-bandwidth forecasts (N,) Mbit/s (the
+    LSTM's in production; any callable in tests). ``progress`` is called after each
+    greedy evaluation with a dict (episode, epsilon, greedy reward, loss). Returns the
+    online Keras model (``(None, OBS_DIM) -> (None, 10)``) and a JSON-able history:
+    per-episode training reward, greedy validation curve, the baselines on the
+    validation episodes, the config, the seed and timings.
+    """
+    import keras  # Keras (TensorFlow): seconds to import; only model code needs it
+
+    cfg = config or DDQNConfig()
+    started = time.monotonic()
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    datas = _usable_series(series, forecaster, cfg.use_forecast)
+    val = [_draw_episode(rng, datas, cfg.episode_len) for _ in range(cfg.eval_episodes)]
+    history = _new_history(val)
+    nets = _build_nets(cfg, seed, datas)
+    buf = ReplayBuffer(cfg.replay_size, OBS_DIM)
+    k = min(cfg.n_envs, cfg.episodes)
+    envs = [_draw_episode(rng, datas, cfg.episode_len) for _ in range(k)]
+    run = _Run(envs, np.zeros(k, np.int64), np.zeros(k), cfg.epsilon_start, started_eps=k)
+
+    while run.finished < cfg.episodes:
+        _act(run, nets, buf, rng, cfg)
+        if buf.size >= max(cfg.learning_starts, cfg.batch_size):
+            _learn(run, nets, buf, rng, cfg)
+        _finish_episodes(run, history, rng, datas, cfg)
+        if run.finished >= run.next_eval:
+            _evaluate(run, nets, val, history, cfg, progress)
+            run.next_eval = run.finished + cfg.eval_every
+        if (run.t < 0).any() and not _drop_parked(run):
+            break
+
+    if history["greedy_eval"][-1]["episode"] != run.finished:
+        _evaluate(run, nets, val, history, cfg, progress)
+    if cfg.keep_best and run.best_weights is not None:
+        nets.online.set_weights(run.best_weights)
+    history.update(
+        {
+            "final_greedy_reward": history["greedy_eval"][-1]["mean_reward"],
+            "best_greedy_reward": float(run.best_score) if cfg.keep_best else None,
+            "config": asdict(cfg),
+            "seed": seed,
+            "obs_dim": OBS_DIM,
+            "obs_names": list(OBS_NAMES),
+            "gradient_steps": run.grad_steps,
+            "episodes": run.finished,
+            "train_series": len(datas),
+            "train_seconds": round(time.monotonic() - started, 2),
+        }
+    )
+    return nets.online, history

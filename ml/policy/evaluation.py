@@ -1,0 +1,233 @@
+"""Scoring allocation policies on held-out episodes (``bwp evaluate-policy``).
+
+Every policy is scored by the mean per-step reward (``ml.policy.reward``) over the same
+episodes:
+
+* ``ddqn``: the trained Q-network (from the registry through ``ml.serving.predictor``, or a
+  ``.keras`` file), greedy;
+* ``fixed_<p>``: always allocate p % of the reference bandwidth (p = 10..100);
+  ``best_fixed`` is the best of them *measured on these same episodes* (an
+  optimistic baseline);
+* ``predict_then_allocate``: robustMPC's rule: allocate the forecast discounted by
+  the largest relative forecast error of the last 5 steps,
+  ``alloc = forecast / (1 + max_err)``, snapped down to the action grid;
+* ``oracle``: the best action knowing the next step's bandwidth (the ceiling).
+
+``normalized_score = (R_ddqn - R_fixed50) / (R_oracle - R_fixed50)``: 0 is no better
+than always allocating half, 1 is the oracle.
+
+Held-out simulator episodes are links 0..episodes-1 of the fleet with simulator seed
+``TRAIN_SEED_LIMIT + 1000 * seed + 500``: never used for training (``bwp train --seed S``
+uses seeds ``1000 S + 1..3`` < TRAIN_SEED_LIMIT).
+This module imports only numpy at the top; TensorFlow is loaded when a Keras model is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.data import file_links
+from ml.policy.env import (
+    DEFAULT_EPISODE_LEN,
+    TRAIN_SEED_LIMIT,
+    Forecaster,
+    SeriesData,
+    all_windows,
+    precompute,
+)
+from ml.policy.observation import last_value_forecast, snap_down
+from simulator.generator import simulate_series
+from stream.core.errors import DataError, ModelError
+from stream.core.records import N_ACTIONS, WINDOW
+
+#: (windows (N, 10, 4), observations (N, OBS_DIM)) -> actions (N,)
+PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+PTA_LOOKBACK = 5
+EVAL_SEED_OFFSET = 500
+
+
+def predict_then_allocate_actions(
+    forecast: np.ndarray, actual_next: np.ndarray, reference: np.ndarray, lookback: int = PTA_LOOKBACK
+) -> np.ndarray:
+    """robustMPC-style actions for one episode's consecutive decisions, all (n,) arrays.
+
+    Decision i may use the errors of decisions i-lookback..i-1 (their next bandwidth
+    is already inside window i). The first decision has no error history (error 0).
+    """
+    f = np.maximum(np.asarray(forecast, dtype=np.float64), 0.0)
+    y = np.maximum(np.asarray(actual_next, dtype=np.float64), 0.0)
+    n = f.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # an outage (y = 0) after a positive forecast is an unbounded error: allocate the minimum
+        err = np.where(y > 0, np.abs(f - y) / np.where(y > 0, y, 1.0), np.where(f > 0, np.inf, 0.0))  # (n,)
+    padded = np.concatenate([np.zeros(lookback), err])  # (lookback + n,)
+    idx = np.arange(n)[:, None] + np.arange(lookback)[None, :]  # errors of i-lookback..i-1
+    max_err = padded[idx].max(axis=1) if n else np.zeros(0)  # (n,)
+    alloc = f / (1.0 + max_err)
+    return snap_down(alloc, reference)
+
+
+def decision_rewards(data: SeriesData, actions: np.ndarray) -> np.ndarray:
+    """Per-step reward of ``actions`` (one per decision of ``data``)."""
+    n = data.n_steps
+    a = np.asarray(actions, dtype=np.int64).reshape(-1)
+    if a.shape[0] != n:
+        raise ValueError(f"need {n} actions, got {a.shape[0]}")
+    return data.rewards[np.arange(n), a]
+
+
+def baseline_rewards(datas: Sequence[SeriesData]) -> dict[str, float]:
+    """Mean per-step reward of every fixed level, predict-then-allocate and the oracle over ``datas``."""
+    fixed = np.zeros(N_ACTIONS)
+    pta = oracle = 0.0
+    steps = 0
+    for d in datas:
+        n = d.n_steps
+        r = d.rewards[:n]  # (n, 10)
+        fixed += r.sum(axis=0)
+        oracle += r.max(axis=1).sum()
+        pta += decision_rewards(
+            d, predict_then_allocate_actions(d.forecast[:n], d.actual_next[:n], d.reference[:n])
+        ).sum()
+        steps += n
+    if steps == 0:
+        raise DataError("no decisions to score: every episode is shorter than one window + 1 step")
+    out = {f"fixed_{(k + 1) * 10}": float(fixed[k] / steps) for k in range(N_ACTIONS)}
+    best = int(np.argmax(fixed))
+    out["best_fixed"] = float(fixed[best] / steps)
+    out["best_fixed_pct"] = (best + 1) * 10
+    out["predict_then_allocate"] = float(pta / steps)
+    out["oracle"] = float(oracle / steps)
+    return out
+
+
+def heldout_series(profile: str, episodes: int, seed: int, episode_len: int = DEFAULT_EPISODE_LEN) -> list[np.ndarray]:
+    """``episodes`` simulator series of ``episode_len`` decisions on seeds never used for training."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    sim_seed = heldout_seed(seed)
+    # episode k = link k of the fleet (its own capacity class, path and load)
+    return [simulate_series(profile, episode_len + WINDOW, sim_seed, link_index=k) for k in range(episodes)]
+
+
+def heldout_seed(seed: int) -> int:
+    """The simulator seed of ``bwp evaluate-policy --seed seed`` (never a training seed)."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    return TRAIN_SEED_LIMIT + 1000 * int(seed) + EVAL_SEED_OFFSET
+
+
+def series_from_jsonl(
+    paths: Sequence[Path | str], episode_len: int = DEFAULT_EPISODE_LEN
+) -> tuple[list[np.ndarray], str]:
+    """Episodes cut from telemetry JSONL files: per link (by ``seq``), consecutive chunks of
+    ``episode_len`` decisions (the last, shorter chunk is kept if it has >= 1 decision).
+
+    Returns the series and the profile label (the links' profile when they share one, else ``"data"``).
+    """
+    links = file_links(paths)  # grouped by link, ordered by seq
+    out: list[np.ndarray] = []
+    for link in links:
+        s = link.data  # (T, 4)
+        for start in range(0, max(0, s.shape[0] - WINDOW), episode_len):
+            chunk = s[start : start + episode_len + WINDOW]
+            if chunk.shape[0] >= WINDOW + 1:
+                out.append(chunk)
+    if not out:
+        raise DataError(f"{list(map(str, paths))}: no link has more than {WINDOW} records, nothing to evaluate")
+    profiles = {link.profile for link in links}
+    label = next(iter(profiles)) if len(profiles) == 1 and None not in profiles else "data"
+    return out, label
+
+
+def evaluate_series(series: Sequence[np.ndarray], forecaster: Forecaster, policy: PolicyFn | None) -> dict[str, Any]:
+    """Mean rewards of ``policy`` (optional) and of every baseline on the same episodes."""
+    datas: list[SeriesData] = []
+    ddqn_sum = 0.0
+    steps = 0
+    for s in series:
+        d = precompute(s, forecaster)
+        datas.append(d)
+        if policy is not None:
+            n = d.n_steps
+            windows = all_windows(s)[:n]  # (n, 10, 4): the decision windows
+            actions = np.asarray(policy(windows, d.obs[:n]), dtype=np.int64)
+            ddqn_sum += decision_rewards(d, actions).sum()
+            steps += n
+    base = baseline_rewards(datas)
+    mean = {
+        "ddqn": float(ddqn_sum / steps) if policy is not None else None,
+        "fixed_50": base["fixed_50"],
+        "best_fixed": base["best_fixed"],
+        "predict_then_allocate": base["predict_then_allocate"],
+        "oracle": base["oracle"],
+    }
+    out: dict[str, Any] = {
+        "episodes": len(datas),
+        "decisions": int(sum(d.n_steps for d in datas)),
+        "mean_reward": mean,
+        "best_fixed_pct": base["best_fixed_pct"],
+        "fixed": {k: v for k, v in base.items() if k.startswith("fixed_")},
+    }
+    out["normalized_score"] = normalized_score(mean["ddqn"], mean["fixed_50"], mean["oracle"])
+    out["normalized_score_predict_then_allocate"] = normalized_score(
+        mean["predict_then_allocate"], mean["fixed_50"], mean["oracle"]
+    )
+    return out
+
+
+def normalized_score(r: float | None, r_fixed50: float, r_oracle: float) -> float | None:
+    """``(r - R_fixed50) / (R_oracle - R_fixed50)``; None when undefined."""
+    if r is None or r_oracle - r_fixed50 <= 1e-12:
+        return None
+    return float((r - r_fixed50) / (r_oracle - r_fixed50))
+
+
+def qnet_policy(qnet: Any) -> PolicyFn:
+    """Greedy policy of a Keras Q-network on precomputed observations."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    fn = tf.function(lambda x: tf.argmax(qnet(x, training=False), axis=1), reduce_retracing=True)
+
+    def policy(windows: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        return fn(tf.constant(obs, tf.float32)).numpy()
+
+    return policy
+
+
+def predictor_policy(predictor: Any) -> tuple[Forecaster, PolicyFn]:
+    """Forecaster and policy of a loaded ``ml.serving.predictor.Predictor`` (the serving path)."""
+
+    def policy(windows: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        return predictor.predict(windows).action
+
+    return predictor.forecast, policy
+
+
+def load_qnet(path: Path | str) -> Any:
+    """A Q-network saved as ``.keras`` (safe mode)."""
+    import keras  # Keras (TensorFlow): seconds to import; only model code needs it
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"Q-network file {p} does not exist")
+    try:
+        return keras.models.load_model(p, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise ModelError(f"{p}: not a loadable .keras Q-network ({exc})") from exc
+
+
+__all__ = [
+    "baseline_rewards",
+    "decision_rewards",
+    "evaluate_series",
+    "heldout_series",
+    "last_value_forecast",
+    "normalized_score",
+    "predict_then_allocate_actions",
+    "series_from_jsonl",
+]

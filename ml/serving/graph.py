@@ -1,0 +1,102 @@
+"""The whole serving path as one TensorFlow function: window in, forecast and action out.
+
+:meth:`ml.serving.predictor.Predictor.predict` used to run numpy preprocessing, the LSTM, numpy
+post-processing and the policy observation, then the Q-net: two compiled calls with
+numpy in between. At batch 1000 that numpy work and the second hand-over to
+TensorFlow's thread pool cost about a fifth of the time (`bwp bench model`:
+``batch_1000_vs_bound`` 0.78). Here the same arithmetic is written in TensorFlow ops,
+so the serving path is one graph (XLA-compiled for large batches).
+
+The numpy functions stay the specification, shared with training:
+:meth:`ml.forecast.features.Preprocessor.transform` / :meth:`~ml.forecast.features.Preprocessor.inverse_target`
+and :func:`ml.policy.observation.observation` / :func:`~ml.policy.observation.reference_bandwidth`.
+Tests check this graph against them on random and edge-case windows. The arithmetic
+runs in float64, as in numpy; only the two networks run in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ml.forecast.features import _ABS_EPS, _REL_EPS, BW, LAT, Preprocessor
+from ml.policy.observation import FORECAST_CLIP, LOSS, OBS_HIGH, OBS_LOW, REL
+from stream.core.records import N_ACTIONS
+
+
+def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callable[[Any], tuple[Any, Any, Any]]:
+    """``serve(windows)``: (N, 10, 4) float64 raw windows ->
+    (forecast Mbit/s (N,) float64, action (N,) int32 in 0..9, reference Mbit/s (N,) float64).
+
+    Not wrapped in ``tf.function``; the caller compiles it (plain or XLA).
+    """
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    f64 = tf.float64
+    mode = preprocessor.mode
+    x_mean = tf.constant(preprocessor.x_mean, f64)  # (4,)
+    x_std = tf.constant(preprocessor.x_std, f64)  # (4,)
+    y_mean = tf.constant(preprocessor.y_mean, f64)
+    y_std = tf.constant(preprocessor.y_std, f64)
+    n_feat = len(preprocessor.x_mean)
+    # one-hot column masks: rebuilding the window from per-channel columns without scatter
+    bw_col = tf.one_hot(BW, n_feat, dtype=f64)  # (4,)
+    lat_col = tf.one_hot(LAT, n_feat, dtype=f64)
+    keep = 1.0 - bw_col - lat_col
+
+    def finite_or_zero(v: Any) -> Any:
+        return tf.where(tf.math.is_finite(v), v, tf.zeros_like(v))
+
+    def level_and_eps(w_bw: Any) -> tuple[Any, Any]:
+        """ml.forecast.features.window_level (clipped at 0) and ml.forecast.features._eps, each (N,)."""
+        level = w_bw[:, -1] if mode == "relative_last" else tf.reduce_mean(w_bw, axis=1)
+        eps = _REL_EPS * tf.reduce_mean(tf.maximum(w_bw, 0.0), axis=1) + _ABS_EPS
+        return tf.maximum(level, 0.0), eps
+
+    def serve(w: Any) -> tuple[Any, Any, Any]:
+        w = tf.cast(w, f64)  # (N, 10, 4)
+        w_bw = w[:, :, BW]  # (N, 10), raw
+        bw = tf.maximum(w_bw, 0.0)
+        # --- Preprocessor.transform -> (N, 10, 4) float32
+        if mode == "log_absolute":
+            x_bw = tf.math.log1p(bw)
+        else:
+            level, eps = level_and_eps(w_bw)
+            x_bw = tf.math.log((bw + eps[:, None]) / (level[:, None] + eps[:, None]))
+        x_lat = tf.math.log1p(tf.maximum(w[:, :, LAT], 0.0))
+        x = w * keep + x_bw[:, :, None] * bw_col + x_lat[:, :, None] * lat_col
+        x = tf.cast(finite_or_zero((x - x_mean) / x_std), tf.float32)
+        # --- LSTM, then Preprocessor.inverse_target -> (N,) Mbit/s
+        z = tf.cast(tf.reshape(lstm(x, training=False), [-1]), f64) * y_std + y_mean
+        z = tf.clip_by_value(z, -20.0, 20.0)
+        if mode == "log_absolute":
+            forecast = tf.math.expm1(z)
+        else:
+            forecast = tf.exp(z) * (level + eps) - eps
+        forecast = tf.maximum(forecast, 0.0)
+        # --- policy_features.observation -> (N, 9) float32
+        ref = tf.reduce_max(bw, axis=1)  # (N,)
+        inv = tf.where(ref > 0, 1.0 / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.zeros_like(ref))
+        rel = bw * inv[:, None]  # (N, 10)
+        llat = x_lat  # log1p(latency), as the transform computed it
+        f_rel = forecast * inv
+        obs = tf.stack(
+            [
+                rel[:, -1],
+                tf.reduce_mean(rel, axis=1),
+                tf.reduce_min(rel, axis=1),
+                tf.math.reduce_std(rel, axis=1),
+                rel[:, -1] - rel[:, -2],
+                tf.clip_by_value(llat[:, -1] - tf.reduce_mean(llat, axis=1), float(OBS_LOW[5]), float(OBS_HIGH[5])),
+                tf.clip_by_value(w[:, -1, LOSS], 0.0, 1.0),
+                tf.clip_by_value(w[:, -1, REL], 0.0, 1.0),
+                tf.clip_by_value(tf.where(tf.math.is_nan(f_rel), tf.zeros_like(f_rel), f_rel), 0.0, FORECAST_CLIP),
+            ],
+            axis=1,
+        )
+        # --- Q-net argmax; reference = policy_features.reference_bandwidth
+        q = qnet(tf.cast(obs, tf.float32), training=False)
+        action = tf.clip_by_value(tf.argmax(q, axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
+        return forecast, action, ref  # max of the clipped = max(max of the raw, 0)
+
+    return serve

@@ -1,0 +1,208 @@
+"""Serving-side inference: window in Mbit/s -> forecast, allocation action, reference bandwidth.
+
+This is the only ml module that serving code imports. It depends on the registry,
+the feature transform and the policy observation only (never on training code).
+The serving path (preprocessing, LSTM with ``training=False``, policy observation,
+Q-net) is one compiled ``tf.function`` (:mod:`ml.serving.graph`), traced once per batch
+bucket at load time, so steady-state calls never retrace. Buckets of ``XLA_MIN``
+windows and more (the worker's batches under load) run XLA-compiled
+(``jit_compile=True``): `bwp bench model` and the pipeline bench measured the LSTM
+forward pass at about 21 us/window in chunks of 1024 against 35 us without XLA, with
+outputs equal to float32 rounding (a test checks). ``BWP_TF_XLA=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.serving.graph import serving_function
+from ml.serving.registry import load_version
+from ml.serving.runtime import configure_tf, tf_threads, xla_enabled
+from stream.core.errors import ModelError
+from stream.core.records import FEATURES, WINDOW
+
+log = logging.getLogger(__name__)
+
+#: Batches are padded up to one of these sizes; larger ones go in chunks (``max_chunk``).
+#: The serving path costs about 40 us per padded window at 64-256 (`bwp bench model`), so
+#: padding is paid in full: between 64 and 512 each bucket is at most 1.5x the one below,
+#: because the worker's chunks at a few thousand states/s fall there (about 130 windows
+#: at 5,000/s, which powers of two padded to 256). The coarser set 1/8/64/256/1024/4096 measured
+#: 17 ms vs 10 ms p50 at batch 100; 96/160/192/384 cut the worker's predict stage at
+#: ``--rate 5000`` from 11.6-14.9 to 9.0-12.0 ms per chunk (docs/pipeline.md).
+BUCKETS: tuple[int, ...] = (1, 4, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512, 1024, 2048, 4096)
+
+#: Smallest bucket run XLA-compiled. XLA wins at every size measured (whole serving
+#: path, batch 16: 1.4 vs 4.9 ms; 64: 4.1 vs 7.3 ms; 128: 7.3 vs 11.8 ms), and the
+#: worker's batches at a few thousand states/s are 50-200 windows; every XLA bucket
+#: costs about a second of compilation at load.
+XLA_MIN = 16
+#: Largest chunk an XLA call gets (larger batches go in chunks): 1024 was the fastest
+#: per window here (21 us vs 25 at 2048 and 28 at 4096).
+XLA_CHUNK = 1024
+
+
+@dataclass
+class Prediction:
+    """One row per input window."""
+
+    bandwidth_mbps: np.ndarray  # (N,) forecast of the next step, >= 0
+    action: np.ndarray  # (N,) int64 in 0..9, allocation (action + 1) * 10 %
+    reference_bandwidth_mbps: np.ndarray  # (N,) what 100 % allocation means
+
+
+def _bucket(n: int) -> int:
+    for b in BUCKETS:
+        if n <= b:
+            return b
+    return BUCKETS[-1]
+
+
+class Predictor:
+    """A loaded, verified model version with its serving path compiled.
+
+    The serving path (preprocessing, LSTM, policy observation, Q-net) is one
+    TensorFlow function (:mod:`ml.serving.graph`), traced once per batch bucket at load.
+    Thread-safe for concurrent callers (a lock serialises calls; TF itself uses the
+    configured intra-op threads).
+    """
+
+    def __init__(self, loaded: Any, xla: bool | None = None) -> None:
+        import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+        self.version: str = loaded.version
+        self.metadata: dict[str, Any] = loaded.metadata
+        self.preprocessor = loaded.preprocessor
+        self._lstm = loaded.lstm
+        self._qnet = loaded.qnet
+        self._lock = threading.Lock()
+        self._raw: dict[bool, tuple[Any, Any]] = {}
+        serve = serving_function(self.preprocessor, self._lstm, self._qnet)
+        # One concrete function per bucket: shapes are static, so nothing retraces later.
+        self._serve_fn = tf.function(serve, reduce_retracing=False)
+        self.xla = xla_enabled() if xla is None else xla
+        if self.xla:
+            self._serve_xla = tf.function(serve, reduce_retracing=False, jit_compile=True)
+            try:
+                self._warm_up()
+            except Exception as exc:
+                log.warning("model %s: XLA compilation failed (%r); serving without XLA", self.version, exc)
+                self.xla = False
+        if not self.xla:
+            self._warm_up()
+
+    @property
+    def max_chunk(self) -> int:
+        """Largest batch (windows) one compiled call takes; larger batches are served in chunks."""
+        return XLA_CHUNK if self.xla else BUCKETS[-1]
+
+    def _fn(self, bucket: int) -> Any:
+        """The compiled serving function for ``bucket``."""
+        return self._serve_xla if self.xla and bucket >= XLA_MIN else self._serve_fn
+
+    def buckets(self) -> list[int]:
+        """The batch sizes served (each compiled once, at load)."""
+        return [b for b in BUCKETS if b <= self.max_chunk]
+
+    def _warm_up(self) -> None:
+        """Trace (and XLA-compile) every bucket now, so that no call compiles later.
+
+        Compilation is single-threaded in XLA and about a second per bucket, so the
+        buckets compile on :func:`tf_threads` threads, largest first (two here: 16.7 s ->
+        11.3 s for the whole load). Concurrent calls of one ``tf.function`` are safe; TensorFlow
+        serialises the tracing itself.
+        """
+
+        def compile_(b: int) -> None:
+            self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64))
+
+        with ThreadPoolExecutor(max_workers=tf_threads(), thread_name_prefix="bwp-compile") as ex:
+            list(ex.map(compile_, sorted(self.buckets(), reverse=True)))  # re-raises a compile error
+
+    def _run(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The serving function on bucket-padded chunks of ``w`` (N, 10, 4) float64:
+        (forecast, action, reference), each (N,)."""
+        n = w.shape[0]
+        step = self.max_chunk
+        outs: list[tuple[np.ndarray, ...]] = []
+        for start in range(0, n, step):
+            chunk = w[start : start + step]
+            m = chunk.shape[0]
+            b = _bucket(m)
+            if m < b:  # zero windows (an outage) are valid input; their rows are dropped
+                chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], dtype=np.float64)])
+            outs.append(tuple(t.numpy()[:m] for t in self._fn(b)(chunk)))
+        if len(outs) == 1:
+            return outs[0]  # type: ignore[return-value]
+        return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
+
+    def forecast(self, windows: np.ndarray) -> np.ndarray:
+        """The forecast of :meth:`predict` alone: (N, 10, 4) Mbit/s -> (N,) Mbit/s (the
+        serving graph also runs the tiny Q-net; one compiled path serves both)."""
+        return self.predict(windows).bandwidth_mbps
+
+    def predict(self, windows: np.ndarray) -> Prediction:
+        """Forecast, action and reference bandwidth for each window.
+
+        ``windows`` is (N, 10, 4) in raw units (Mbit/s, ms, ratios), FEATURES order,
+        oldest row first. N = 0 gives empty arrays.
+        """
+        w = self._check(windows)
+        if w.shape[0] == 0:
+            return Prediction(np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
+        with self._lock:
+            bw, act, ref = self._run(w)  # (N,) each
+        return Prediction(bw, act.astype(np.int64), ref)
+
+    @staticmethod
+    def _check(windows: np.ndarray) -> np.ndarray:
+        w = np.ascontiguousarray(windows, dtype=np.float64)
+        if w.ndim != 3 or w.shape[1:] != (WINDOW, len(FEATURES)):
+            raise ValueError(f"windows must be (N, {WINDOW}, {len(FEATURES)}), got {w.shape}")
+        return w
+
+    def compiled_forward(self, x: np.ndarray, obs: np.ndarray) -> tuple[Any, Any]:
+        """The two networks alone, compiled as serving compiles them (XLA when on), on
+        already-prepared inputs: the bench's bound. Compiled on first use."""
+        import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+        if self.xla not in self._raw:
+            lstm, qnet = self._lstm, self._qnet
+
+            def forecast(v: Any) -> Any:
+                return tf.reshape(lstm(v, training=False), [-1])
+
+            def policy(o: Any) -> Any:
+                return tf.argmax(qnet(o, training=False), axis=1, output_type=tf.int32)
+
+            self._raw[self.xla] = (tf.function(forecast, jit_compile=self.xla or None),
+                                   tf.function(policy, jit_compile=self.xla or None))  # fmt: skip
+        f, p = self._raw[self.xla]
+        return f(x), p(obs)
+
+
+def load_predictor(model_dir: Path | str, version: str | None = None) -> Predictor:
+    """Verify and load ``version`` (default: the current one) into a ready :class:`Predictor`.
+
+    Raises :class:`ModelError` when there is no model or it fails verification.
+    """
+    configure_tf()
+
+    started = time.monotonic()
+    loaded = load_version(model_dir, version)
+    try:
+        p = Predictor(loaded)
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"model {loaded.version}: cannot compile the forward passes: {exc}") from exc
+    p.load_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    return p

@@ -1,0 +1,75 @@
+"""The in-process twin of the Redis window store: same outcomes, same windows, no server
+(backtests and unit tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from stream.core.records import WINDOW, Telemetry
+from stream.pipeline.window import KEEP, BatchUpdate, Outcome, Update
+
+
+class MemoryWindowStore:
+    """In-process twin of :class:`stream.pipeline.redis_window.WindowStore` (same outcomes, same windows)."""
+
+    def __init__(self, keep: int = KEEP) -> None:
+        if keep < WINDOW:
+            raise ValueError(f"keep must be >= {WINDOW}, got {keep}")
+        self.keep = keep
+        self._entries: dict[str, list[tuple[int, tuple[float, float, float, float]]]] = {}
+        self._last: dict[str, int] = {}
+        self._ack: dict[str, int] = {}
+
+    def _update_one(self, r: Telemetry) -> Update:
+        lid, seq = r.link_id, r.seq
+        entries = self._entries.setdefault(lid, [])
+        last = self._last.get(lid)
+        if last is not None and seq <= last:
+            ack = self._ack.get(lid)
+            if ack is not None and seq <= ack:
+                return Update(Outcome.DUPLICATE)
+            # newest first, as the script scans: stop at the first smaller seq
+            for i in range(len(entries) - 1, -1, -1):
+                s = entries[i][0]
+                if s == seq:
+                    if i + 1 < WINDOW:  # fewer than WINDOW states up to it
+                        return Update(Outcome.DUPLICATE if len(entries) < self.keep else Outcome.STALE)
+                    w = np.array([x for _, x in entries[i + 1 - WINDOW : i + 1]], dtype=np.float64)
+                    return Update(Outcome.REDELIVERED, w)
+                if s < seq:
+                    break
+            return Update(Outcome.STALE)
+        entries.append((seq, r.features()))
+        if len(entries) > self.keep:
+            del entries[: len(entries) - self.keep]
+        self._last[lid] = seq
+        n = len(entries)
+        if n < WINDOW:
+            return Update(Outcome.FILLING, None, n)
+        return Update(Outcome.FULL, np.array([x for _, x in entries[-WINDOW:]], dtype=np.float64))
+
+    async def update(self, records: Sequence[Telemetry]) -> list[Update]:
+        """Apply ``records`` in order (like one round of the update script)."""
+        return [self._update_one(r) for r in records]
+
+    async def update_batch(self, records: Sequence[Telemetry]) -> BatchUpdate:
+        """Apply every record in order, as the Redis store's batched script does."""
+        return BatchUpdate.from_updates([self._update_one(r) for r in records])
+
+    async def ack(self, acks: Iterable[tuple[str, int]]) -> None:
+        """``ack`` only moves forward, per link."""
+        for link, seq in acks:
+            if seq > self._ack.get(link, -1):
+                self._ack[link] = seq
+
+    async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(seqs (n,), features (n, 4)) of a link, oldest first."""
+        e = self._entries.get(link_id, [])
+        return np.array([s for s, _ in e], dtype=np.int64), np.array([x for _, x in e], dtype=np.float64).reshape(-1, 4)
+
+    async def meta(self, link_id: str) -> dict[str, int | None]:
+        """``{"last": seq | None, "ack": seq | None}`` of a link."""
+        return {"last": self._last.get(link_id), "ack": self._ack.get(link_id)}

@@ -1,0 +1,263 @@
+"""The Redis window store: one atomic Lua call per record keeps each link's last states and
+its delivered/acknowledged sequence numbers (docs/pipeline.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from stream.core.records import FEATURES, WINDOW, Telemetry
+from stream.pipeline import _redis_compat
+from stream.pipeline.window import (
+    ENTRY_DTYPE,
+    KEEP,
+    BatchUpdate,
+    Update,
+    decode_window,
+    pack_entry,
+    pad_seq,
+)
+
+# One call applies a run of records in order (the same steps per record as one call
+# each, at a fraction of the cost: per-command dispatch and reply handling dominated).
+# KEYS[2i-1], KEYS[2i]: window list and meta hash of record i
+# ARGV[1] ttl s, ARGV[2] keep, ARGV[3] window; ARGV[2+2i] seq of record i (20-digit zero
+# padded), ARGV[3+2i] its packed entry.
+# Returns {codes, filled, windows}: one byte per record each for the Outcome ('0'+code)
+# and the window fill after a FILLING update; the windows of FULL and REDELIVERED
+# records concatenated in record order.
+UPDATE_LUA = """
+local ttl = tonumber(ARGV[1])
+local keep = tonumber(ARGV[2])
+local w = tonumber(ARGV[3])
+local codes, filled, windows = {}, {}, {}
+local function update(i, wkey, mkey, seq, entry)
+  local meta = redis.call('HMGET', mkey, 'last', 'ack')
+  local last, ack = meta[1], meta[2]
+  if last and seq <= last then
+    if ack and seq <= ack then return 0 end
+    local entries = redis.call('LRANGE', wkey, 0, -1)
+    for i = #entries, 1, -1 do
+      local s = string.sub(entries[i], 1, 20)
+      if s == seq then
+        if i < w then
+          -- fewer than w states before it: no window, no decision owed - unless the
+          -- list was trimmed, in which case the window existed but cannot be rebuilt
+          if #entries < keep then return 0 end
+          return 1
+        end
+        windows[#windows + 1] = table.concat(entries, '', i - w + 1, i)
+        return 2
+      end
+      if s < seq then break end
+    end
+    return 1
+  end
+  local n = redis.call('RPUSH', wkey, entry)
+  if n > keep then
+    redis.call('LTRIM', wkey, -keep, -1)
+    n = keep
+  end
+  redis.call('HSET', mkey, 'last', seq)
+  redis.call('EXPIRE', wkey, ttl)
+  redis.call('EXPIRE', mkey, ttl)
+  if n < w then
+    filled[i] = n
+    return 3
+  end
+  windows[#windows + 1] = table.concat(redis.call('LRANGE', wkey, -w, -1))
+  return 4
+end
+for i = 1, #KEYS / 2 do
+  local code = update(i, KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+  codes[i] = string.char(48 + code)
+  filled[i] = string.char(filled[i] or 0)
+end
+return {table.concat(codes), table.concat(filled), table.concat(windows)}
+"""
+
+# KEYS[i] meta hash of a link, ARGV[i] its newly acknowledged seq (padded): ack only
+# moves forward.
+ACK_LUA = """
+for i = 1, #KEYS do
+  local ack = redis.call('HGET', KEYS[i], 'ack')
+  if (not ack) or ARGV[i] > ack then
+    redis.call('HSET', KEYS[i], 'ack', ARGV[i])
+  end
+end
+return #KEYS
+"""
+
+#: Records per update-script call (calls of one batch share one round trip). Bounds
+#: how long one call holds Redis (about a millisecond) and the size of its reply.
+CALL_RECORDS = 256
+
+
+class WindowStore:
+    """The Redis side of the pipeline (async). One instance per worker process.
+
+    ``client`` is a ``redis.asyncio.Redis`` (or ``RedisCluster``); the store never
+    closes it.
+    """
+
+    def __init__(self, client: Any, prefix: str = "bwp", ttl_s: int = 86_400, keep: int = KEEP) -> None:
+        if keep < WINDOW:
+            raise ValueError(f"keep must be >= {WINDOW}, got {keep}")
+        self.client = client
+        self.prefix = prefix
+        self.ttl_s = int(ttl_s)
+        self.keep = int(keep)
+        self._update_sha: str | None = None
+        self._ack_sha: str | None = None
+        # redis-py release check, once per store (False: the public pipeline only; see _redis_compat)
+        self._raw_tested = _redis_compat.check_version()
+
+    # --- keys ---------------------------------------------------------------------------
+    def window_key(self, link_id: str) -> str:
+        """The key of a link's window list (hash-tagged: one cluster slot per link)."""
+        return f"{self.prefix}:{{{link_id}}}:w"
+
+    def meta_key(self, link_id: str) -> str:
+        """The key of a link's last/ack sequence hash (same slot as its window)."""
+        return f"{self.prefix}:{{{link_id}}}:m"
+
+    # --- scripts ------------------------------------------------------------------------
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD both scripts (again after a Redis restart / failover)."""
+        self._update_sha = await self.client.script_load(UPDATE_LUA)
+        self._ack_sha = await self.client.script_load(ACK_LUA)
+
+    async def _run_pipelined(self, sha_attr: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """EVALSHA every call in one round trip; reload the scripts on NOSCRIPT and replay."""
+        from redis.exceptions import NoScriptError  # redis-py: only code that talks to Redis
+
+        for attempt in (0, 1):
+            if getattr(self, sha_attr) is None:
+                await self.load_scripts()
+            sha = getattr(self, sha_attr)
+            replies = await (self._send_raw(sha, calls) if self._raw_ok() else self._send_pipeline(sha, calls))
+            err = next((r for r in replies if isinstance(r, Exception)), None)
+            if err is None:
+                return replies
+            if isinstance(err, NoScriptError) and not attempt:
+                # Redis restarted (empty script cache). Every EVALSHA of this round trip
+                # failed the same way, so nothing changed: load and replay.
+                setattr(self, sha_attr, None)
+                continue
+            raise err
+        raise AssertionError("unreachable")
+
+    def _raw_ok(self) -> bool:
+        # The hand-packed path needs a tested redis-py and one connection pool (not RedisCluster).
+        return self._raw_tested and _redis_compat.single_pool(self.client)
+
+    async def _send_pipeline(self, sha: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        # transaction=False: each script is atomic by itself; MULTI would only add latency.
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.execute_command("EVALSHA", sha, *call)
+        return await pipe.execute(raise_on_error=False)
+
+    async def _send_raw(self, sha: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Same as :meth:`_send_pipeline`, with the RESP commands packed by bwp: see
+        :func:`stream.pipeline._redis_compat.send_raw` (why, and what it relies on)."""
+        return await _redis_compat.send_raw(self.client, sha, calls)
+
+    # --- operations ---------------------------------------------------------------------
+    def _calls(self, records: Sequence[Telemetry]) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
+        """Update-script calls for ``records`` (each at most CALL_RECORDS, record order kept
+        per link) and, per call, the positions of its records in ``records``."""
+        if _redis_compat.is_cluster(self.client):
+            # Redis Cluster: a call may only touch keys of one slot. A link's keys share
+            # its slot (hash tag), so grouping by slot keeps each link's order.
+            from redis.crc import key_slot
+
+            groups: dict[int, list[int]] = {}
+            for i, r in enumerate(records):
+                groups.setdefault(key_slot(self.meta_key(r.link_id).encode()), []).append(i)
+            runs = [g[j : j + CALL_RECORDS] for g in groups.values() for j in range(0, len(g), CALL_RECORDS)]
+        else:
+            runs = [list(range(j, min(j + CALL_RECORDS, len(records)))) for j in range(0, len(records), CALL_RECORDS)]
+        head = (str(self.ttl_s), str(self.keep), str(WINDOW))
+        prefix = self.prefix
+        calls = []
+        for run in runs:
+            keys: list[str] = []
+            args: list[Any] = list(head)
+            for i in run:
+                r = records[i]
+                lid = r.link_id
+                keys.append(f"{prefix}:{{{lid}}}:w")
+                keys.append(f"{prefix}:{{{lid}}}:m")
+                args.append(b"%020d" % r.seq)
+                args.append(pack_entry(r))
+            calls.append((len(keys), *keys, *args))
+        return calls, runs
+
+    async def update_batch(self, records: Sequence[Telemetry]) -> BatchUpdate:
+        """Apply ``records`` in order (atomically per call of up to CALL_RECORDS records),
+        in one round trip."""
+        if not records:
+            return BatchUpdate.from_updates([])
+        calls, runs = self._calls(records)
+        replies = await self._run_pipelined("_update_sha", calls)
+        parts = []
+        for codes, filled, windows in replies:
+            parts.append(BatchUpdate(
+                np.frombuffer(codes, dtype=np.int8) - 48,
+                np.frombuffer(filled, dtype=np.uint8),
+                np.frombuffer(windows, dtype=ENTRY_DTYPE)["x"].reshape(-1, WINDOW, len(FEATURES)),
+            ))  # fmt: skip
+        if len(runs) > 1 and any(run[0] != runs[i - 1][-1] + 1 for i, run in enumerate(runs) if i):
+            return _reorder(parts, runs, len(records))
+        return BatchUpdate.concat(parts)
+
+    async def update(self, records: Sequence[Telemetry]) -> list[Update]:
+        """Like :meth:`update_batch`, one :class:`Update` per record (tests, tools)."""
+        return (await self.update_batch(records)).to_updates()
+
+    async def ack(self, acks: Iterable[tuple[str, int]]) -> None:
+        """Record that the decisions up to ``seq`` of each ``(link_id, seq)`` are acknowledged."""
+        best: dict[str, int] = {}
+        for link, seq in acks:
+            if seq > best.get(link, -1):
+                best[link] = seq
+        if not best:
+            return
+        items = list(best.items())
+        if _redis_compat.is_cluster(self.client):
+            from redis.crc import key_slot  # redis-py: only code that talks to Redis
+
+            groups: dict[int, list[tuple[str, int]]] = {}
+            for link, seq in items:
+                groups.setdefault(key_slot(self.meta_key(link).encode()), []).append((link, seq))
+            runs = list(groups.values())
+        else:
+            runs = [items[j : j + 4 * CALL_RECORDS] for j in range(0, len(items), 4 * CALL_RECORDS)]
+        calls = [(len(run), *(self.meta_key(lid) for lid, _ in run), *(pad_seq(s) for _, s in run)) for run in runs]
+        await self._run_pipelined("_ack_sha", calls)
+
+    async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The stored states of a link: (seqs (n,), features (n, 4)), oldest first (for tests/tools)."""
+        entries = await self.client.lrange(self.window_key(link_id), 0, -1)
+        return decode_window(b"".join(entries))
+
+    async def meta(self, link_id: str) -> dict[str, int | None]:
+        """``{"last": seq | None, "ack": seq | None}`` of a link."""
+        last, ack = await self.client.hmget(self.meta_key(link_id), "last", "ack")
+        return {"last": int(last) if last else None, "ack": int(ack) if ack else None}
+
+
+def _reorder(parts: Sequence[BatchUpdate], runs: Sequence[Sequence[int]], n: int) -> BatchUpdate:
+    """Per-slot call results (Redis Cluster) back in record order."""
+    pos = np.concatenate([np.asarray(r, dtype=np.int64) for r in runs])
+    merged = BatchUpdate.concat(parts)
+    order = np.empty(n, dtype=np.int64)
+    order[pos] = np.arange(n)
+    # windows: rows follow the records with a window, in call order; re-sort them by position
+    has = merged.has_window()
+    win_pos = pos[has]
+    return BatchUpdate(merged.outcomes[order], merged.filled[order], merged.windows[np.argsort(win_pos, kind="stable")])
