@@ -138,7 +138,9 @@ class WindowStore:
             if getattr(self, sha_attr) is None:
                 await self.load_scripts()
             sha = getattr(self, sha_attr)
-            replies = await (self._send_raw(sha, calls) if self._raw_ok() else self._send_pipeline(sha, calls))
+            replies = await (
+                _redis_compat.send_raw(self.client, sha, calls) if self._raw_ok() else self._send_pipeline(sha, calls)
+            )
             err = next((r for r in replies if isinstance(r, Exception)), None)
             if err is None:
                 return replies
@@ -160,11 +162,6 @@ class WindowStore:
         for call in calls:
             pipe.execute_command("EVALSHA", sha, *call)
         return await pipe.execute(raise_on_error=False)
-
-    async def _send_raw(self, sha: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """Same as :meth:`_send_pipeline`, with the RESP commands packed by bwp: see
-        :func:`stream.pipeline._redis_compat.send_raw` (why, and what it relies on)."""
-        return await _redis_compat.send_raw(self.client, sha, calls)
 
     # --- operations ---------------------------------------------------------------------
     def _calls(self, records: Sequence[Telemetry]) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
