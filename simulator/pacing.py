@@ -80,15 +80,17 @@ def paced_chunks(
     progress: Callable[[PublishStats], None] | None = None,
     progress_every_s: float = 2.0,
     on_step: Callable[[int, list[tuple[bytes, bytes]]], None] | None = None,
+    chunk: int | None = None,
 ) -> Iterator[Chunk]:
     """Yield ``steps`` steps of ``sim`` (a FleetSimulator; None = until ``stop_event``) in chunks
     of about 10 ms of records, each when it is due at ``rate`` records/s (None = at once).
 
     ``stats`` is updated as chunks are consumed (records, steps, seconds, stopped);
     ``progress(stats)`` runs every ``progress_every_s``; ``on_step(step, payloads)`` after each step.
+    ``chunk`` (records per chunk) defaults to :func:`chunk_size`.
     """
     pacer = Pacer(rate, stop_event)
-    chunk = chunk_size(sim.links, rate)
+    chunk = chunk or chunk_size(sim.links, rate)
     next_report = pacer.t0 + progress_every_s
     while steps is None or stats.steps < steps:
         step = sim.step_index

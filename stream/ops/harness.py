@@ -147,7 +147,8 @@ def publish_timed(
     """Publish ``steps`` steps (None = until ``stop_event``) paced at ``rate`` states/s in
     ~10 ms chunks, recording each chunk's produce time. Returns (states, seconds)."""
     stats = PublishStats()
-    for chunk in paced_chunks(sim, steps, rate, stats, stop_event, on_step=on_step):
+    # the clock's chunk size, so that its (step, chunk) index maps records as they were sent
+    for chunk in paced_chunks(sim, steps, rate, stats, stop_event, on_step=on_step, chunk=clock.chunk):
         clock.record(chunk.step, chunk.index, time.time_ns() // 1_000_000)
         pub.publish_payloads(chunk.payloads)
     return stats.records, stats.seconds
