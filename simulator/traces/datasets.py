@@ -8,10 +8,13 @@ Formats (details, units and every fill rule in ``docs/traces.md``):
 * ``ucc5g``: G-NetTrack CSV; ``DL_bitrate`` kbit/s, ``PINGAVG`` ms, ``PINGLOSS`` %.
 * ``5gophers``: the All-Carriers throughput CSV (one link per run), the walking trace and
   the driving traces (one link per carrier column); RTT medians from the RTT CSV.
+* ``esnet-snmp``: ESnet backbone SNMP CSV ``time,in,out`` (hourly, bits/s, ``.csv.gz``); two
+  links per file (``<name>:in``, ``<name>:out``). The values are carried load, not available
+  bandwidth (:mod:`simulator.traces.esnet`).
 
-Every trace file (or run) becomes one link: ``link_id = "<dataset>:<name>"`` sanitised to
-``[A-Za-z0-9._:-]``, seq 0.., profile ``internet``. Fields a trace does not measure are filled
-by a documented rule and named in ``Telemetry.imputed``.
+Every trace file (or run, or direction) becomes one link: ``link_id = "<dataset>:<name>"``
+sanitised to ``[A-Za-z0-9._:-]``, seq 0.., profile ``internet`` (``datacenter`` for esnet-snmp).
+Fields a trace does not measure are filled by a documented rule and named in ``Telemetry.imputed``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from simulator.traces.esnet import _read_esnet
 from simulator.traces.readers import (
     DEFAULT_LATENCY_MS,
     DELIVERY_ALPHA,
@@ -44,8 +48,16 @@ DATASETS: dict[str, str] = {
     "mahimahi-cellular": "mahimahi",
     "ucc-5g-irish": "ucc5g",
     "5gophers-umn": "5gophers",
+    "esnet-backbone-2018": "esnet-snmp",
 }
-FORMATS: tuple[str, ...] = ("pensieve", "mahimahi", "ucc5g", "5gophers")
+FORMATS: tuple[str, ...] = ("pensieve", "mahimahi", "ucc5g", "5gophers", "esnet-snmp")
+
+#: Datasets whose links must be split by time (e.g. first months train, last months test), not
+#: by whole link, in evaluation. esnet-backbone-2018 is 96 series of one backbone over the same
+#: year: links share the daily/weekly pattern and the same events (a science transfer crosses
+#: several edges; both directions of an edge move together), so a held-out link is not unseen
+#: data. Its SOURCE.md asks for a time split (never shuffled hours).
+TIME_SPLIT_DATASETS: frozenset[str] = frozenset({"esnet-backbone-2018"})
 
 #: Bandwidth units of the pensieve format: name -> factor to Mbit/s.
 UNITS: dict[str, float] = {"mbit": 1.0, "mbyte": 8.0, "kbit": 1e-3}
@@ -121,7 +133,7 @@ def _records(link: _Link, link_id: str) -> list[Telemetry]:
                 bandwidth_mbps=float(bw),
                 packet_loss=float(min(max(loss, 0.0), 1.0)),
                 reliability=float(min(max(rel, 0.0), 1.0)),
-                profile="internet",
+                profile=link.profile,
                 imputed=tuple(imputed),
             )
         )
@@ -137,7 +149,7 @@ def _name_for(path: Path, root: Path | None) -> str:
             name = path.name
     else:
         name = path.name
-    for ext in (".csv", ".log", ".txt"):
+    for ext in (".csv.gz", ".csv", ".log", ".txt"):
         if name.endswith(ext):
             return name[: -len(ext)]
     return name
@@ -231,9 +243,11 @@ def _read_links(
         if link.latency_default == DEFAULT_LATENCY_MS:
             link.latency_default = default_latency
         links = [link]
+    elif fmt == "esnet-snmp":
+        links = _read_esnet(path, name)
     else:
         links = _read_5gophers(path, name, start_ms, rtt, default_latency)
-    if fmt in ("pensieve", "mahimahi"):
+    if fmt in ("pensieve", "mahimahi", "esnet-snmp"):
         for link in links:
             link.latency_default = default_latency
     return links
@@ -245,8 +259,9 @@ def iter_trace_links(fmt: str, paths: Iterable[Path | str], **options: Any) -> I
     Options: ``unit`` (pensieve: ``mbit`` | ``mbyte`` | ``kbit``; default ``mbyte`` for
     puffer-subset files, else ``mbit``), ``bin_ms`` (mahimahi, default 1000), ``latency_ms``
     (fallback latency where a trace has no RTT, default 50), ``start_ms`` (epoch ms added to
-    relative trace times, default 0), ``dataset`` / ``root`` (naming: link ids are
-    ``<dataset>:<path relative to root>``; detected from the folder name when omitted).
+    relative trace times, default 0; ucc5g and esnet-snmp have absolute times), ``dataset`` /
+    ``root`` (naming: link ids are ``<dataset>:<path relative to root>``; detected from the
+    folder name when omitted).
     """
     bin_ms, start_ms, default_latency, unit_opt = _check_options(fmt, options)
     paths = _check_paths(paths)
@@ -283,6 +298,8 @@ _DATASET_FILES: dict[str, tuple[str, ...]] = {
         "All-Carriers/03-User-Mobility/walking-trace.csv",
         "All-Carriers/03-User-Mobility/car-driving-trace-*.csv",
     ),
+    # <A>_<B>.csv.gz only: links.csv (a summary) and SOURCE.md are not traces.
+    "esnet-backbone-2018": ("*_*.csv.gz",),
 }
 
 
@@ -306,7 +323,8 @@ def dataset_files(name: str, root: Path | None = None) -> list[Path]:
 def load_dataset(name: str, root: Path | None = None, **options: Any) -> dict[str, list[Telemetry]]:
     """Every link of one dataset: ``{link_id: records in seq order}``, one entry per file / run.
 
-    Split train/test by whole links (keys), never inside a link.
+    Split train/test by whole links (keys), never inside a link, except for the datasets in
+    :data:`TIME_SPLIT_DATASETS`, which are split by time.
     """
     files = dataset_files(name, root)
     opts: dict[str, Any] = {"dataset": name, "root": (Path(root) if root is not None else default_traces_root()) / name}

@@ -1,10 +1,12 @@
 """Parsers of the real-trace formats (pensieve, mahimahi, ucc5g, 5gophers): one file or run in,
-one link's samples out, with every fill rule documented in docs/traces.md.
+one link's samples out, with every fill rule documented in docs/traces.md. The ESnet SNMP
+format (esnet-snmp) lives in :mod:`simulator.traces.esnet` and reuses the helpers here.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import math
 import re
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -47,6 +50,8 @@ class _Link:
     reliability: list[float | None] = field(default_factory=list)
     #: Used where no latency was measured before (or at all).
     latency_default: float = DEFAULT_LATENCY_MS
+    #: Telemetry profile of the link (one of stream.core.records.PROFILES).
+    profile: str = "internet"
 
 
 def _sanitise(raw: str, limit: int = 128) -> str:
@@ -72,10 +77,17 @@ def _bandwidth(v: float, path: Path, lineno: int) -> float:
     return v
 
 
+def _open_text(path: Path) -> TextIO:
+    """``path`` opened as UTF-8 text for the csv module; ``.gz`` files are decompressed on the fly."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8")
+    return open(path, newline="", encoding="utf-8")
+
+
 def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, row) pairs; every row must have the header's column count."""
+    """Header and (line number, row) pairs; every row must have the header's column count (``.gz`` is read too)."""
     try:
-        fh = open(path, newline="", encoding="utf-8")  # noqa: SIM115 - closed by the with block below
+        fh = _open_text(path)
     except OSError as exc:
         raise DataError(f"cannot read trace file {path}: {exc}") from exc
     with fh:
@@ -86,6 +98,8 @@ def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tupl
             raise DataError(f"{path}: empty file, expected a CSV header") from None
         except csv.Error as exc:
             raise DataError(f"{path}:1: not CSV ({exc})") from exc
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # e.g. a .gz that is not gzip
+            raise DataError(f"cannot read trace file {path}: {exc}") from exc
         header = [h.strip() for h in header]
         missing = [c for c in required if c not in header]
         if missing:
@@ -93,7 +107,7 @@ def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tupl
         rows = []
         try:
             for row in reader:
-                if not row or all(not c.strip() for c in row):
+                if not row or not "".join(row).strip():
                     continue
                 if len(row) != len(header):
                     raise DataError(
@@ -102,6 +116,8 @@ def _read_csv(path: Path, required: Iterable[str]) -> tuple[list[str], list[tupl
                 rows.append((reader.line_num, row))
         except csv.Error as exc:
             raise DataError(f"{path}:{reader.line_num}: not CSV ({exc})") from exc
+        except (OSError, EOFError, UnicodeDecodeError) as exc:  # truncated or corrupt .gz
+            raise DataError(f"cannot read trace file {path} after line {reader.line_num}: {exc}") from exc
     return header, rows
 
 

@@ -51,12 +51,16 @@ examples:
   bwp import-trace --dataset puffer-subset --unit mbit --out data/puffer-as-mbit.jsonl
   bwp import-trace --format mahimahi --bin-ms 500 ../shared/data/traces/mahimahi-cellular/*.down --out data/mm.jsonl
   bwp import-trace --format pensieve my_trace.txt --out data/mine.jsonl
+  bwp import-trace --dataset esnet-backbone-2018 --out data/esnet.jsonl
+      96 hourly backbone series (2 directions x 48 links), ~840 000 records
+  bwp import-trace --format esnet-snmp ../shared/data/traces/esnet-backbone-2018/ALBQ_*.csv.gz --out data/albq.jsonl
 
 Datasets (folders under --root, default ../shared/data/traces): norway-hsdpa-3g,
 puffer-subset (pensieve), mahimahi-cellular (mahimahi), ucc-5g-irish (ucc5g),
-5gophers-umn (5gophers). Every trace file or run becomes one link; fields a trace does
-not measure are filled by the rules in docs/traces.md and listed in each record's
-"imputed" field.
+5gophers-umn (5gophers), esnet-backbone-2018 (esnet-snmp: carried load in Mbit/s, not
+available bandwidth; one link per direction). Every trace file or run becomes one link;
+fields a trace does not measure are filled by the rules in docs/traces.md and listed in
+each record's "imputed" field.
 """
 
 
@@ -102,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser(
         "import-trace",
         help="convert real bandwidth traces to telemetry JSONL",
-        description="Convert real bandwidth traces (pensieve, mahimahi, ucc5g, 5gophers formats, "
+        description="Convert real bandwidth traces (pensieve, mahimahi, ucc5g, 5gophers, esnet-snmp formats, "
         "or a whole dataset folder) into Telemetry JSON lines, one link per trace file or run.",
         epilog=IMPORT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

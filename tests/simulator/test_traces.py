@@ -305,7 +305,7 @@ def _wire_dict(r: Telemetry) -> dict:
 
 
 @pytest.mark.traces
-@pytest.mark.parametrize("name", sorted(DATASETS))
+@pytest.mark.parametrize("name", sorted(set(DATASETS) - {"esnet-backbone-2018"}))  # esnet: test_traces_esnet.py
 def test_real_dataset_loads_valid(name):
     links = _load(name)
     assert len(links) == EXPECTED_LINKS[name]
