@@ -118,6 +118,24 @@ def split_links(links: Sequence[LinkSeries], fractions: Sequence[float], seed: i
     return [[links[j] for j in sorted(g)] for g in groups]
 
 
+def split_by_time(links: Sequence[LinkSeries], fractions: Sequence[float]) -> list[list[LinkSeries]]:
+    """Cut every link's series into consecutive parts (oldest first) of the given shares.
+
+    Part k of link ``L`` keeps ``L``'s id and profile; parts shorter than one window plus
+    a step are dropped. No window of a later part overlaps an earlier one, so a model
+    fitted on the first part never saw a target of the last.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-9 or any(f <= 0 for f in fractions):
+        raise ValueError(f"fractions must be positive and sum to 1, got {list(fractions)}")
+    out: list[list[LinkSeries]] = [[] for _ in fractions]
+    for ls in links:
+        cuts = np.round(np.cumsum(fractions)[:-1] * ls.steps).astype(int)
+        for k, part in enumerate(np.split(ls.data, cuts)):
+            if part.shape[0] > WINDOW:
+                out[k].append(LinkSeries(ls.link_id, ls.profile, part, source=f"{ls.source}#part{k}"))
+    return out
+
+
 def windows_of(links: Sequence[LinkSeries]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All windows of all links: (N, 10, 4), next bandwidth (N,), index of the link (N,)."""
     ws, ys, idx = [], [], []

@@ -31,9 +31,19 @@ from ml.data import (
     split_links,
 )
 from ml.eval.forecast import best_baseline, forecasts_for_links, mae_ratio, report
+from ml.eval.probabilistic import prob_report, quantile_forecasts, summary
+from ml.forecast.calibration import ForecastSpec
 from ml.forecast.features import DEFAULT_FEATURE_MODE
 from ml.forecast.lstm import LSTMConfig
-from ml.forecast.training import fit_forecaster, make_forecaster
+from ml.forecast.quantiles import HORIZONS, QUANTILES
+from ml.forecast.training import (
+    fit_forecaster,
+    fit_quantile_forecaster,
+    make_forecaster,
+    make_quantile_model_fn,
+    served_functions,
+)
+from ml.policy.rules import tune_ewma_rule, tune_quantile_rule
 from ml.serving.registry import save_version
 from ml.serving.runtime import configure_tf
 from stream.core.errors import DataError
@@ -71,6 +81,9 @@ class TrainConfig:
     promote: bool = True
     seed: int = 0
     qnet_variant: str = "mlp"
+    head: str = "quantile"  # "point": the design's single-output LSTM (``bwp train --head point``)
+    horizons: tuple[int, ...] = HORIZONS
+    quantiles: tuple[float, ...] = QUANTILES
     feature_mode: str = DEFAULT_FEATURE_MODE
     lstm_loss: str | None = None  # overrides lstm.loss ("mae" default, "mse" = the original design)
     lstm: LSTMConfig | None = None
@@ -130,9 +143,6 @@ def load_splits(cfg: TrainConfig, say: Progress) -> tuple[list[LinkSeries], list
 def train(config: TrainConfig) -> str:
     """Run a full training and register the result; returns the new version name."""
     configure_tf()
-    # gymnasium (through ml.policy.env): only the DDQN training needs it
-    from ml.policy.ddqn import DDQNConfig, train_ddqn
-
     cfg = config.resolved()
     say = cfg.progress or stderr_progress
     started = time.monotonic()
@@ -142,35 +152,36 @@ def train(config: TrainConfig) -> str:
     timings["data_s"] = round(time.monotonic() - started, 1)
 
     t0 = time.monotonic()
-    model, pre, alpha, lstm_hist = fit_forecaster(train_links, val_links, cfg.lstm, cfg.seed, cfg.feature_mode, say)
+    spec: ForecastSpec | None = None
+    quantile_fn = None
+    if cfg.head == "quantile":
+        model, pre, spec, lstm_hist = fit_quantile_forecaster(
+            train_links, val_links, cfg.lstm, cfg.seed, cfg.horizons, cfg.quantiles, cfg.feature_mode, say
+        )
+        model_fn = make_quantile_model_fn(model, pre, len(spec.horizons))
+        forecaster, quantile_fn = served_functions(model_fn, spec)
+        alpha = spec.naive.alphas[0]
+    else:
+        model, pre, alpha, lstm_hist = fit_forecaster(train_links, val_links, cfg.lstm, cfg.seed, cfg.feature_mode, say)
+        forecaster = make_forecaster(model, pre)
     timings["lstm_s"] = round(time.monotonic() - t0, 1)
-    forecaster = make_forecaster(model, pre)
 
     t0 = time.monotonic()
-    dcfg = cfg.ddqn or (DDQNConfig.quick() if cfg.quick else DDQNConfig())
-
-    dcfg = replace(dcfg, variant=cfg.qnet_variant)
-    say(f"ddqn: {dcfg.episodes} episodes of {dcfg.episode_len} steps, variant {dcfg.variant}")
-
-    def ddqn_progress(d: dict[str, Any]) -> None:
-        say("ddqn " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()))
-
-    qnet, ddqn_hist = train_ddqn([ls.data for ls in train_links], forecaster, dcfg, cfg.seed, ddqn_progress)
+    qnet, ddqn_hist = _train_policy(cfg, train_links, forecaster, say)
     timings["ddqn_s"] = round(time.monotonic() - t0, 1)
 
     t0 = time.monotonic()
-    rep = report(forecasts_for_links(forecaster, test_links, alpha))
+    policy_meta = _choose_policy(train_links, val_links, forecaster, quantile_fn, qnet, say)
+    timings["policy_select_s"] = round(time.monotonic() - t0, 1)
+
+    t0 = time.monotonic()
+    metrics = _test_metrics(test_links, forecaster, alpha, model, pre, spec, say)
     timings["evaluate_s"] = round(time.monotonic() - t0, 1)
-    preds = rep["predictors"]
-    best = best_baseline(preds)
-    say(
-        f"held-out test: LSTM MAE {preds['lstm']['mae']:.4g} vs best baseline {best} "
-        f"{preds[best]['mae'] if best else float('nan'):.4g} (ratio {mae_ratio(preds) or float('nan'):.3f})"
-    )
 
     timings["total_s"] = round(time.monotonic() - started, 1)
     meta = {
         "kind": "bwp-forecaster+policy",
+        "head": cfg.head,
         "feature_mode": cfg.feature_mode,
         "ewma_alpha": alpha,
         "seed": cfg.seed,
@@ -179,14 +190,89 @@ def train(config: TrainConfig) -> str:
         "training_data": data_info,
         "lstm": {"config": asdict(cfg.lstm), "history": lstm_hist},
         "ddqn": _jsonable(ddqn_hist),
-        "metrics": {"forecast_test": rep},
+        "policy": _jsonable(policy_meta),
+        "metrics": _jsonable(metrics),
         "timings": timings,
     }
-    version = save_version(cfg.model_dir, model, qnet, pre, meta, promote=cfg.promote)
+    if spec is not None:
+        meta["forecast"] = spec.to_json()
+    version = save_version(cfg.model_dir, model, qnet, pre, _jsonable(meta), promote=cfg.promote)
     say(
         f"registered {version} in {cfg.model_dir}{' (current)' if cfg.promote else ''} after {timings['total_s']:.0f} s"
     )
     return version
+
+
+def _train_policy(cfg: TrainConfig, train_links: list[LinkSeries], forecaster: Any, say: Progress) -> tuple[Any, dict]:
+    """The DDQN on the training links, with its own budget (``DDQNConfig``)."""
+    # gymnasium (through ml.policy.env): only the DDQN training needs it
+    from ml.policy.ddqn import DDQNConfig, train_ddqn
+
+    dcfg = cfg.ddqn or (DDQNConfig.quick() if cfg.quick else DDQNConfig())
+    dcfg = replace(dcfg, variant=cfg.qnet_variant)
+    say(f"ddqn: up to {dcfg.episodes} episodes of {dcfg.episode_len} steps, variant {dcfg.variant}")
+
+    def ddqn_progress(d: dict[str, Any]) -> None:
+        say("ddqn " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()))
+
+    return train_ddqn([ls.data for ls in train_links], forecaster, dcfg, cfg.seed, ddqn_progress)
+
+
+def _choose_policy(
+    train_links: list[LinkSeries],
+    val_links: list[LinkSeries],
+    forecaster: Any,
+    quantile_fn: Any,
+    qnet: Any,
+    say: Progress,
+) -> dict[str, Any]:
+    """Tune both rules on the training links; pick the serving policy per profile on validation."""
+    # gymnasium (through ml.policy.env): only training needs the policy evaluation
+    from ml.policy.evaluation import qnet_policy
+    from ml.policy.selection import select_policies  # gymnasium, through ml.policy.evaluation
+
+    series = [ls.data for ls in train_links]
+    ewma_rule = tune_ewma_rule(series)
+    qrule = tune_quantile_rule(series, quantile_fn) if quantile_fn is not None else None
+    say(f"rules tuned on training links: EWMA alpha {ewma_rule.alpha} k {ewma_rule.k}; quantile tau "
+        f"{qrule.tau if qrule else None}")  # fmt: skip
+    groups: dict[str, list] = {"*": [ls.data for ls in val_links]}
+    for ls in val_links:
+        if ls.profile:
+            groups.setdefault(ls.profile, []).append(ls.data)
+    serving, evidence = select_policies(
+        groups, forecaster, qnet_policy(qnet), ewma_rule, (qrule, quantile_fn) if qrule else None, say
+    )
+    if qrule is None:  # a point model has no calibrated quantiles to serve the quantile rule with
+        serving = {g: ("ewma_rule" if p == "quantile_rule" else p) for g, p in serving.items()}
+    return {
+        "ewma_rule": ewma_rule.to_json(),
+        "quantile_rule": qrule.to_json() if qrule else None,
+        "serving": serving,
+        "validation": evidence,
+    }
+
+
+def _test_metrics(
+    test_links: list[LinkSeries], forecaster: Any, alpha: float, model: Any, pre: Any, spec: Any, say: Progress
+) -> dict[str, Any]:
+    """Held-out test metrics: the h=1 point report and, for a quantile model, the probabilistic one."""
+    rep = report(forecasts_for_links(forecaster, test_links, alpha))
+    preds = rep["predictors"]
+    best = best_baseline(preds)
+    say(
+        f"held-out test: served MAE {preds['lstm']['mae']:.4g} vs best baseline {best} "
+        f"{preds[best]['mae'] if best else float('nan'):.4g} (ratio {mae_ratio(preds) or float('nan'):.3f})"
+    )
+    out: dict[str, Any] = {"forecast_test": rep}
+    if spec is not None:
+        prob = prob_report(quantile_forecasts(make_quantile_model_fn(model, pre, len(spec.horizons)), spec, test_links))
+        out["forecast_test_quantiles"] = prob
+        out["forecast_test_summary"] = summary(prob)
+        for h, v in out["forecast_test_summary"].items():
+            say(f"held-out test h={h}: served pinball ratio {v['served_pinball_ratio']}, MAE ratio "
+                f"{v['served_mae_ratio']}, coverage {v['served_coverage']}")  # fmt: skip
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

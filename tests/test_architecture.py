@@ -175,7 +175,7 @@ def test_function_local_imports_are_for_heavy_modules_and_say_so() -> None:
                 block_first -= 1
             if not any("#" in s for s in (lines[node.lineno - 1], above, lines[block_first])):
                 problems.append(f"{where}: a function-local import needs a comment saying why")
-    assert problems == []
+    assert problems == [], "\n".join(problems)
 
 
 def test_modules_stay_under_400_lines() -> None:

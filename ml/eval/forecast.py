@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from ml.data import LinkSeries, records_to_links, windows_of
+from ml.eval.probabilistic import prob_report, quantile_forecasts, summary
 from ml.forecast.baselines import BASELINES, baseline_forecasters
+from ml.forecast.training import make_quantile_model_fn
 from ml.serving.predictor import load_predictor
 from stream.core.records import Telemetry
 
@@ -105,7 +107,8 @@ def report(fc: dict[str, Any]) -> dict[str, Any]:
     y, floor, profs = fc["y_true"], fc["mape_floor"], fc["profiles"]
 
     def block(mask: np.ndarray) -> dict[str, Any]:
-        scores = {name: score(y[mask], fc["y_pred"][name][mask], floor[mask]) for name in PREDICTORS}
+        names = list(PREDICTORS) + [k for k in fc["y_pred"] if k not in PREDICTORS]  # e.g. "served"
+        scores = {name: score(y[mask], fc["y_pred"][name][mask], floor[mask]) for name in names}
         excluded = scores["lstm"]["mape_excluded"]
         return {
             "n": int(mask.sum()),
@@ -162,10 +165,20 @@ def format_table(rep: dict[str, Any], title: str = "") -> str:
 
 
 def evaluate_links(model_dir: Path | str, version: str | None, links: Sequence[LinkSeries]) -> dict[str, Any]:
-    """Load a model and score it and the baselines on ``links``; returns the report with ``version``."""
-    fc = collect_forecasts(model_dir, version, links)
-    rep = report(fc)
-    rep["version"] = fc["version"]
+    """Load a model and score it and the baselines on ``links``; returns the report with ``version``.
+
+    For a quantile model the report also has the per-horizon probabilistic scores
+    (``horizons``, ``forecast_sources``, ``quantile_summary``; :mod:`ml.eval.probabilistic`).
+    """
+    pred = load_predictor(model_dir, version)
+    rep = report(forecasts_for_links(pred, links, float(pred.metadata.get("ewma_alpha", 0.5))))
+    rep["version"] = pred.version
+    if pred.spec is not None:
+        model_fn = make_quantile_model_fn(pred.lstm, pred.preprocessor, len(pred.spec.horizons))
+        prob = prob_report(quantile_forecasts(model_fn, pred.spec, links))
+        rep["horizons"] = prob["horizons"]
+        rep["forecast_sources"] = prob["forecast_sources"]
+        rep["quantile_summary"] = summary(prob)
     return rep
 
 

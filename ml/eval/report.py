@@ -5,6 +5,8 @@ Contents, all on held-out simulator links (seed from ``ml.policy_eval.heldout_se
 * forecast vs actual bandwidth for a few sample links (LSTM and last value);
 * CDF of the absolute relative forecast error per predictor and profile;
 * forecast metrics per profile (``ml.evaluate.report``);
+* for a quantile model: fan charts, reliability diagrams and the per-horizon scores
+  (:mod:`ml.eval.report_quantiles`);
 * the DDQN training curve (from the version's ``metadata["ddqn"]`` history) against
   the baseline levels on its validation episodes (fixed 50 %, predict-then-allocate, oracle);
 * the policy evaluation per profile (``ml.policy_eval``: mean reward of the DDQN and
@@ -24,6 +26,7 @@ import numpy as np
 from ml.data import LinkSeries, simulator_links
 from ml.eval.forecast import METRICS, PREDICTORS, forecasts_for_links
 from ml.eval.forecast import report as forecast_report
+from ml.eval.report_quantiles import quantile_section
 from ml.serving.predictor import load_predictor
 from stream.core.records import PROFILES
 
@@ -265,9 +268,11 @@ def write_html_report(
     if has_hist:
         plot_ddqn_training(out / "ddqn_training.png", hist)
 
+    quantile_html, quantile_rep = quantile_section(out, pred, all_links, _plt())
     parts = [
         *_html_head(pred.version, links, steps, sim_seed),
         *_forecast_html(rep),
+        *quantile_html,
         *_policy_html(policy_res),
         *_ddqn_html(hist, has_hist, meta.get("timings")),
         "</body></html>",
@@ -275,7 +280,11 @@ def write_html_report(
     index = out / "index.html"
     index.write_text("\n".join(parts), encoding="utf-8")
     (out / "report.json").write_text(
-        json.dumps({"version": pred.version, "forecast": rep, "policy": policy_res}, indent=1, default=float),
+        json.dumps(
+            {"version": pred.version, "forecast": rep, "forecast_quantiles": quantile_rep, "policy": policy_res},
+            indent=1,
+            default=float,
+        ),
         encoding="utf-8",
     )
     return index

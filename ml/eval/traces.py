@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import split_links, trace_links
+from ml.data import split_by_time, split_links, trace_links
 from ml.eval.forecast import (
     METRICS,
     best_baseline,
@@ -21,10 +21,11 @@ from ml.eval.forecast import (
     report,
     score,
 )
+from ml.eval.probabilistic import format_prob, prob_report, quantile_forecasts, summary
 from ml.forecast.lstm import LSTMConfig
-from ml.forecast.training import fit_forecaster, make_forecaster
+from ml.forecast.training import fit_forecaster, fit_quantile_forecaster, make_forecaster, make_quantile_model_fn
 from ml.serving.runtime import configure_tf
-from simulator.traces.datasets import DATASETS
+from simulator.traces.datasets import DATASETS, TIME_SPLIT_DATASETS
 from stream.core.errors import DataError
 from stream.core.progress import stderr_progress
 
@@ -32,6 +33,8 @@ from stream.core.progress import stderr_progress
 TRACE_LSTM_SECONDS = 60.0
 
 TRACE_TRAIN_WINDOWS = 30_000
+#: Train / validation / test shares of each series, oldest first, for :data:`TIME_SPLIT_DATASETS`.
+TIME_FRACTIONS = (0.6, 0.1, 0.3)
 
 
 def _lstm_config(quick: bool, pooled: bool) -> LSTMConfig:
@@ -45,8 +48,18 @@ def _lstm_config(quick: bool, pooled: bool) -> LSTMConfig:
     return LSTMConfig(time_budget_s=TRACE_LSTM_SECONDS, max_train_windows=TRACE_TRAIN_WINDOWS, max_val_windows=5_000)
 
 
+def _split(name: str, links: list, seed: int) -> tuple[list, list, list]:
+    """(train, val, test): by time for :data:`TIME_SPLIT_DATASETS`, else by whole trace."""
+    if name in TIME_SPLIT_DATASETS:
+        train, val, test = split_by_time(links, TIME_FRACTIONS)
+        return train, val, test
+    train_val, test = split_links(links, (0.7, 0.3), seed)
+    train, val = split_links(train_val, (0.85, 0.15), seed + 1)
+    return train, val, test
+
+
 def _evaluate_dataset(
-    name: str, quick: bool, seed: int, root: Path | str | None, say: Any
+    name: str, quick: bool, seed: int, root: Path | str | None, say: Any, head: str = "quantile"
 ) -> tuple[tuple[list, list, list], dict[str, Any]] | None:
     """Split one dataset's traces, train its LSTM and score it against the baselines on the test traces.
 
@@ -54,32 +67,48 @@ def _evaluate_dataset(
     """
     t0 = time.monotonic()
     links = [ls for ls in trace_links(name, root) if ls.steps > 10]
-    if len(links) < 3:
+    if len(links) < 3 and name not in TIME_SPLIT_DATASETS:
         say(f"{name}: only {len(links)} usable traces, skipped")
         return None
-    train_val, test = split_links(links, (0.7, 0.3), seed)
-    train, val = split_links(train_val, (0.85, 0.15), seed + 1)
+    train, val, test = _split(name, links, seed)
     say(f"{name}: {len(train)} train / {len(val)} val / {len(test)} test traces")
     cfg = _lstm_config(quick, pooled=False)
-    model, pre, alpha, hist = fit_forecaster(train, val, cfg, seed, say=lambda s, n=name: say(f"{n}: {s}"))
-    fc = forecasts_for_links(make_forecaster(model, pre), test, alpha)
+    log = lambda s, n=name: say(f"{n}: {s}")  # noqa: E731 - a one-line prefixing logger
+    prob: dict[str, Any] | None = None
+    if head == "point":
+        model, pre, alpha, hist = fit_forecaster(train, val, cfg, seed, say=log)
+        fc = forecasts_for_links(make_forecaster(model, pre), test, alpha)
+    else:
+        model, pre, spec, hist = fit_quantile_forecaster(train, val, cfg, seed, say=log)
+        qfc = quantile_forecasts(make_quantile_model_fn(model, pre, len(spec.horizons)), spec, test)
+        prob = prob_report(qfc)
+        alpha = spec.naive.alphas[0]
+        mid = len(spec.quantiles) // 2
+        fc = forecasts_for_links(lambda w: qfc["q"]["lstm"][:, 0, mid], test, alpha)  # same windows, same order
+        fc["y_pred"]["served"] = qfc["q"]["served"][:, 0, mid]
     fc["profiles"] = np.full(len(fc["y_true"]), name, dtype=object)
     rep = report(fc)
     del rep["by_profile"]  # one dataset = one profile
     rep.update(
         {
+            "head": head,
+            "split": "time" if name in TIME_SPLIT_DATASETS else "traces",
             "traces": {"train": len(train), "val": len(val), "test": len(test)},
             "test_traces": [ls.link_id for ls in test],
             "ewma_alpha": alpha,
             "lstm_epochs": hist["epochs_run"],
             "lstm_train_windows": hist["train_windows"],
-            "seconds": round(time.monotonic() - t0, 1),
         }
     )
+    if prob is not None:
+        rep["horizons"] = prob["horizons"]
+        rep["forecast_sources"] = prob["forecast_sources"]
+        rep["summary"] = summary(prob)
+    rep["seconds"] = round(time.monotonic() - t0, 1)
     p = rep["predictors"]
-    best = best_baseline(p)
+    best = best_baseline({k: v for k, v in p.items() if k != "served"})
     rep["best_baseline"] = best
-    rep["lstm_mae_over_best_baseline"] = mae_ratio(p)
+    rep["lstm_mae_over_best_baseline"] = mae_ratio({k: v for k, v in p.items() if k != "served"})
     say(f"{name}: LSTM MAE {p['lstm']['mae']:.4g} vs {best} {p[best]['mae']:.4g} ({rep['seconds']:.0f} s)")
     return (train, val, test), rep
 
@@ -116,6 +145,7 @@ def evaluate_traces(
     root: Path | str | None = None,
     progress: Any = None,
     pooled: bool = False,
+    head: str = "quantile",
 ) -> dict[str, Any]:
     """Per dataset: train an LSTM on 70 % of the traces, score it and the baselines on the other 30 %.
 
@@ -137,12 +167,14 @@ def evaluate_traces(
     out: dict[str, Any] = {
         "seed": seed,
         "quick": quick,
-        "split": "whole traces 70/30, 15% of train traces for validation",
+        "split": "whole traces 70/30, 15% of train traces for validation; by time 60/10/30 for "
+        + ", ".join(sorted(TIME_SPLIT_DATASETS)),
+        "head": head,
         "datasets": {},
     }
     splits: dict[str, tuple[list, list, list]] = {}
     for name in names:
-        done = _evaluate_dataset(name, quick, seed, root, say)
+        done = _evaluate_dataset(name, quick, seed, root, say, head)
         if done is not None:
             splits[name], out["datasets"][name] = done
     if pooled and splits:
@@ -156,6 +188,8 @@ def format_traces(res: dict[str, Any]) -> str:
     for name, rep in res["datasets"].items():
         tr = rep["traces"]
         parts.append(format_table(rep, f"== {name}: train {tr['train']} / val {tr['val']} / test {tr['test']} traces"))
+        if "horizons" in rep:
+            parts[-1] += "\n" + format_prob({**rep, "quantiles": _quantiles_of(rep)})
         if "pooled_lstm" in rep:
             m = rep["pooled_lstm"]
             parts[-1] += (
@@ -164,3 +198,10 @@ def format_traces(res: dict[str, Any]) -> str:
                 f"\n  pooled LSTM MAE / best baseline MAE = {rep['pooled_lstm_mae_over_best_baseline']:.3f}"
             )
     return "\n\n".join(parts)
+
+
+def _quantiles_of(rep: dict[str, Any]) -> list[float]:
+    """The quantile levels of a report's coverage keys (first horizon, first predictor)."""
+    first = next(iter(rep["horizons"].values()))["predictors"]
+    cov = next(iter(first.values()))["coverage"]
+    return [float(k) for k in cov if k != "interval"]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ml.forecast.features import BW
+from ml.smoothing import ewma_weights
 
 BASELINES = ("last_value", "ewma", "harmonic_mean", "moving_average")
 ALPHA_GRID = tuple(round(a, 2) for a in np.arange(0.05, 1.0001, 0.05))
@@ -52,11 +53,7 @@ def ewma(windows: np.ndarray, alpha: float) -> np.ndarray:
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     b = _bw(windows)
-    n = b.shape[1]
-    # closed form of the recursion: weight alpha*(1-alpha)^(n-1-i) on x_i, and (1-alpha)^(n-1) on x_0
-    w = alpha * (1.0 - alpha) ** np.arange(n - 1, -1, -1)
-    w[0] = (1.0 - alpha) ** (n - 1)
-    return b @ w
+    return b @ ewma_weights(alpha, b.shape[1])
 
 
 def fit_ewma_alpha(windows: np.ndarray, next_bw: np.ndarray, grid: tuple[float, ...] = ALPHA_GRID) -> float:

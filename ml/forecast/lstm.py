@@ -38,8 +38,13 @@ class LSTMConfig:
         )
 
 
-def build_lstm(seed: int | None = None):
-    """LSTM 128 -> 64 -> 32 with dropout + batch norm, dense 16 -> 8 -> 1 (uncompiled)."""
+def build_lstm(seed: int | None = None, quantile_head: QuantileHead | None = None):
+    """LSTM 128 -> 64 -> 32 with dropout + batch norm, dense 16 -> 8, then the head (uncompiled).
+
+    The point head (the design's) is one output, the standardised next-step target. The
+    quantile head (``quantile_head``) is ``H x Q`` outputs in the ratio space, flattened
+    horizon-major: (N, H * Q).
+    """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
     from keras import layers  # Keras (TensorFlow): seconds to import; only model code needs it
 
@@ -58,15 +63,84 @@ def build_lstm(seed: int | None = None):
     x = layers.Dense(16, activation="relu")(x)
     x = layers.Dropout(0.3)(x)
     x = layers.Dense(8, activation="relu")(x)
-    out = layers.Dense(1, name="next_bw")(x)
-    return keras.Model(inp, out, name="bwp_lstm")
+    if quantile_head is None:
+        out = layers.Dense(1, name="next_bw")(x)
+        return keras.Model(inp, out, name="bwp_lstm")
+    return keras.Model(inp, quantile_head.build(x), name="bwp_lstm_quantiles")
 
 
-def _subsample(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    if len(x) <= n:
-        return x, y
-    idx = np.sort(rng.choice(len(x), size=n, replace=False))
-    return x[idx], y[idx]
+@dataclass(frozen=True)
+class QuantileHead:
+    """Non-crossing quantile outputs for ``horizons`` x ``quantiles`` (by construction).
+
+    Per horizon a free median and ``Q - 1`` softplus (>= 0) gaps; a fixed (non-trainable)
+    Dense layer adds the gaps outward from the median and scales by the target's
+    training spread ``scale[h]`` (> 0) around ``center[h]``, so every output row is
+    non-decreasing along Q whatever the weights. Only built-in layers: the model loads
+    with ``safe_mode=True``.
+    """
+
+    horizons: tuple[int, ...]
+    quantiles: tuple[float, ...]
+    center: tuple[float, ...]  # per horizon, ratio-space target mean on training windows
+    scale: tuple[float, ...]  # per horizon, its standard deviation (> 0)
+
+    def matrix(self) -> np.ndarray:
+        """(H + H (Q - 1), H Q): [medians, gaps] -> quantiles, horizon-major."""
+        n_h, n_q = len(self.horizons), len(self.quantiles)
+        m = n_q // 2
+        mat = np.zeros((n_h + n_h * (n_q - 1), n_h * n_q))
+        for h in range(n_h):
+            gaps = n_h + h * (n_q - 1)  # this horizon's first gap input: (m lower, then m upper)
+            for j in range(n_q):
+                col = h * n_q + j
+                mat[h, col] = self.scale[h]
+                for k in range(abs(j - m)):
+                    row = gaps + (k if j < m else m + k)
+                    mat[row, col] = -self.scale[h] if j < m else self.scale[h]
+        return mat
+
+    def build(self, x):
+        """The head on trunk features ``x`` (N, 8) -> (N, H * Q)."""
+        from keras import layers  # Keras (TensorFlow): seconds to import; only model code needs it
+
+        n_h, n_q = len(self.horizons), len(self.quantiles)
+        med = layers.Dense(n_h, name="median")(x)
+        gaps = layers.Dense(n_h * (n_q - 1), activation="softplus", name="gaps")(x)
+        both = layers.Concatenate(name="median_and_gaps")([med, gaps])
+        fixed = layers.Dense(n_h * n_q, name="quantiles", trainable=False)
+        out = fixed(both)
+        bias = np.repeat(np.asarray(self.center, dtype=np.float32), n_q)
+        fixed.set_weights([self.matrix().astype(np.float32), bias])
+        return out
+
+
+def masked_pinball(quantiles: tuple[float, ...]):
+    """Keras loss: per window, the mean pinball of its (H * Q) outputs against its (H,) targets,
+    NaN targets (beyond a series' end) left out; (N,), so Keras can apply sample weights."""
+    from keras import ops  # Keras (TensorFlow): seconds to import; only model code needs it
+
+    taus = np.asarray(quantiles, dtype=np.float32)
+    n_q = len(quantiles)
+
+    def loss(y_true, y_pred):
+        mask = ops.cast(ops.isfinite(y_true), "float32")  # (N, H)
+        y = ops.where(ops.isfinite(y_true), y_true, 0.0)
+        q = ops.reshape(y_pred, (-1, ops.shape(y_true)[1], n_q))  # (N, H, Q)
+        d = ops.expand_dims(y, -1) - q
+        rho = ops.maximum(taus * d, (taus - 1.0) * d) * ops.expand_dims(mask, -1)
+        return ops.sum(rho, axis=(1, 2)) / ops.maximum(ops.sum(mask, axis=1) * n_q, 1.0)
+
+    return loss
+
+
+def _subsample(n: int, rng: np.random.Generator, *arrays: np.ndarray | None) -> list:
+    """The same random ``n`` rows (in order) of every array (None stays None)."""
+    total = len(arrays[0])  # type: ignore[arg-type]
+    if total <= n:
+        return list(arrays)
+    idx = np.sort(rng.choice(total, size=n, replace=False))
+    return [None if a is None else a[idx] for a in arrays]
 
 
 def train_lstm(
@@ -77,19 +151,29 @@ def train_lstm(
     config: LSTMConfig,
     seed: int,
     progress: Progress | None = None,
+    quantile_head: QuantileHead | None = None,
+    weights: tuple[np.ndarray, np.ndarray] | None = None,
 ):
-    """Fit a fresh LSTM on standardised inputs/targets; returns (model, history dict).
+    """Fit a fresh LSTM; returns (model, history dict).
 
-    ``x_val``/``y_val`` must come from other links (or another seed) than the training
-    windows: they drive EarlyStopping and ReduceLROnPlateau.
+    Point head: standardised inputs and targets (N,), ``config.loss``. Quantile head:
+    standardised inputs, ratio-space targets (N, H) (NaN beyond a series' end), pinball
+    loss. ``x_val``/``y_val`` must come from other links (or another seed) than the
+    training windows: they drive EarlyStopping and ReduceLROnPlateau. ``weights``: per-window
+    sample weights (training, validation).
     """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
 
     rng = np.random.default_rng(seed)
-    x_train, y_train = _subsample(x_train, y_train, config.max_train_windows, rng)
-    x_val, y_val = _subsample(x_val, y_val, config.max_val_windows, rng)
-    model = build_lstm(seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=config.loss, metrics=["mae"])
+    w_train, w_val = weights if weights is not None else (None, None)
+    x_train, y_train, w_train = _subsample(config.max_train_windows, rng, x_train, y_train, w_train)
+    x_val, y_val, w_val = _subsample(config.max_val_windows, rng, x_val, y_val, w_val)
+    model = build_lstm(seed, quantile_head)
+    opt = keras.optimizers.Adam(config.learning_rate)
+    if quantile_head is None:
+        model.compile(optimizer=opt, loss=config.loss, metrics=["mae"])
+    else:
+        model.compile(optimizer=opt, loss=masked_pinball(quantile_head.quantiles))
     say = progress or (lambda s: None)
     started = time.monotonic()
 
@@ -113,7 +197,8 @@ def train_lstm(
     hist = model.fit(
         x_train,
         y_train,
-        validation_data=(x_val, y_val),
+        sample_weight=w_train,
+        validation_data=(x_val, y_val) if w_val is None else (x_val, y_val, w_val),
         epochs=config.epochs,
         batch_size=config.batch_size,
         shuffle=True,

@@ -26,6 +26,10 @@ the greedy policy is the one-step (bandit) optimum for any gamma, and gamma only
 scales the action-independent part of Q (about ``1 / (1 - gamma)`` times the mean
 reward), which the network must learn on top of the small action differences.
 docs/policy.md measures this.
+
+Stopping: whichever comes first of ``episodes`` finished episodes, ``time_budget_s`` seconds
+of the whole call (its own budget, whatever the LSTM used before) and ``patience`` greedy
+validation evaluations in a row not beating the best by ``min_improvement`` (``stopped_by``).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ml.policy.env import DEFAULT_EPISODE_LEN, Forecaster, SeriesData, precomput
 from ml.policy.evaluation import baseline_rewards
 from ml.policy.observation import OBS_DIM, OBS_NAMES
 from ml.policy.qnet import build_qnetwork
+from ml.policy.rules import action_histogram, is_collapsed
 from stream.core.records import N_ACTIONS
 
 EpisodeCallback = Callable[[dict[str, Any]], None]
@@ -51,7 +56,7 @@ EpisodeCallback = Callable[[dict[str, Any]], None]
 class DDQNConfig:
     """Hyper-parameters of :func:`train_ddqn` (defaults = the shipped setting)."""
 
-    episodes: int = 240  # episodes in total, across all parallel environments
+    episodes: int = 2000  # the most episodes in total, across all parallel environments
     episode_len: int = DEFAULT_EPISODE_LEN  # decisions per episode
     n_envs: int = 16  # episodes acted on side by side
     replay_size: int = 10_000
@@ -68,16 +73,19 @@ class DDQNConfig:
     variant: str = "mlp"  # "mlp" | "bn" (docs/policy.md: measured comparison)
     dropout: float = 0.2  # for variant "bn"
     use_forecast: bool = True  # False zeroes the forecast feature (ablation)
-    eval_every: int = 16  # episodes between greedy evaluations
+    eval_every: int = 40  # episodes between greedy evaluations (patience 6 = 240 episodes without improvement)
     eval_episodes: int = 16  # validation episodes (drawn from the training series)
-    keep_best: bool = True
-    value_init: bool = True  # output bias starts at mean reward / (1 - gamma)  # return the weights of the best greedy validation score
+    keep_best: bool = True  # return the weights of the best greedy validation score
+    value_init: bool = True  # output bias starts at mean reward / (1 - gamma)
+    time_budget_s: float | None = 120.0  # wall-clock budget of the whole call (None: no budget)
+    patience: int | None = 6  # greedy evaluations without improvement before stopping (None: never)
+    min_improvement: float = 1e-3  # a validation score must beat the best by this to count as improvement
 
     @classmethod
     def quick(cls, **overrides: Any) -> DDQNConfig:
         """A small run (well under 25 s on 2 cores) for demos and smoke tests."""
         base = cls(episodes=160, episode_len=100, n_envs=16, learning_starts=500, eval_every=32, eval_episodes=8)
-        return replace(base, **overrides)
+        return replace(base, **{"time_budget_s": 30.0, **overrides})
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.episode_len < 1 or self.n_envs < 1:
@@ -86,6 +94,10 @@ class DDQNConfig:
             raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
         if self.batch_size > self.replay_size:
             raise ValueError("batch_size must not exceed replay_size")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be > 0 or None, got {self.time_budget_s}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
 
 def double_dqn_targets(
@@ -103,12 +115,11 @@ def double_dqn_targets(
     return r + gamma * (1.0 - d) * qt[np.arange(qt.shape[0]), best]
 
 
-def _greedy_mean(act_fn: Callable[[np.ndarray], np.ndarray], val: list[tuple[SeriesData, int, int]]) -> float:
-    """Mean reward of the greedy policy on validation episodes (data, start, length)."""
-    obs = np.concatenate([d.obs[s : s + n] for d, s, n in val])  # (sum n, OBS_DIM)
-    acts = act_fn(obs)
+def _greedy(act_fn: Callable[[np.ndarray], np.ndarray], val: list[tuple[SeriesData, int, int]]) -> tuple[Any, float]:
+    """Greedy actions (sum n,) on validation episodes (data, start, length) and their mean reward."""
+    acts = act_fn(np.concatenate([d.obs[s : s + n] for d, s, n in val]))  # obs (sum n, OBS_DIM)
     rew = np.concatenate([d.rewards[s : s + n] for d, s, n in val])  # (sum n, 10)
-    return float(rew[np.arange(rew.shape[0]), acts].mean())
+    return acts, float(rew[np.arange(rew.shape[0]), acts].mean())
 
 
 @dataclass
@@ -137,12 +148,15 @@ class _Run:
     best_score: float = -np.inf
     best_weights: list[np.ndarray] | None = None
     next_eval: int = 0
+    env_steps: int = 0  # transitions acted
+    stale_evals: int = 0  # greedy evaluations since the last improvement (patience)
+    patience_best: float = -np.inf
+    started: float = field(default_factory=time.monotonic)  # the time budget counts from train_ddqn's start
 
 
 def _usable_series(series: Sequence[np.ndarray], forecaster: Forecaster, use_forecast: bool) -> list[SeriesData]:
     """Precomputed episode data of every series with at least one decision (raises ValueError if none)."""
-    datas = [precompute(s, forecaster, use_forecast) for s in series]
-    datas = [d for d in datas if d.n_steps >= 1]
+    datas = [d for d in (precompute(s, forecaster, use_forecast) for s in series) if d.n_steps >= 1]
     if not datas:
         raise ValueError("train_ddqn needs at least one series with more than 10 rows")
     return datas
@@ -157,18 +171,8 @@ def _draw_episode(rng: np.random.Generator, datas: list[SeriesData], episode_len
 
 def _new_history(val: list[tuple[SeriesData, int, int]]) -> dict[str, Any]:
     """The empty training history, with the baselines' mean rewards on the validation episodes."""
-    baselines = baseline_rewards(
-        [
-            SeriesData(
-                d.obs[s : s + n + 1],
-                d.reference[s : s + n + 1],
-                d.forecast[s : s + n + 1],
-                d.actual_next[s : s + n + 1],
-                d.rewards[s : s + n + 1],
-            )
-            for d, s, n in val
-        ]
-    )
+    fields = ("obs", "reference", "forecast", "actual_next", "rewards")
+    baselines = baseline_rewards([SeriesData(*(getattr(d, f)[s : s + n + 1] for f in fields)) for d, s, n in val])
     return {
         "episode_reward": [],
         "episode_epsilon": [],
@@ -233,6 +237,7 @@ def _act(run: _Run, nets: _QNets, buf: ReplayBuffer, rng: np.random.Generator, c
     buf.add_batch(obs, actions, rewards, nxt, np.zeros(k, np.float32))  # truncation only: done = 0
     run.ep_sum += rewards
     run.t += 1
+    run.env_steps += k
     run.eps = max(cfg.epsilon_end, run.eps * cfg.epsilon_decay)
 
 
@@ -289,7 +294,7 @@ def _evaluate(
 ) -> None:
     """Score the greedy policy on the validation episodes, log it (and the mean loss since the last one),
     keep the best weights and report to ``progress``."""
-    score = _greedy_mean(nets.act, val)
+    score = _greedy(nets.act, val)[1]
     loss = float(np.mean(run.losses)) if run.losses else None
     run.losses.clear()
     row = {
@@ -298,12 +303,30 @@ def _evaluate(
         "epsilon": run.eps,
         "loss": loss,
         "gradient_steps": run.grad_steps,
+        "env_steps": run.env_steps,
+        "elapsed_s": round(time.monotonic() - run.started, 2),
     }
     history["greedy_eval"].append(row)
     if cfg.keep_best and score > run.best_score:
         run.best_score, run.best_weights = score, nets.online.get_weights()
+    if run.grad_steps > 0:  # the untrained network's constant score must not use up the patience
+        if score > run.patience_best + cfg.min_improvement:
+            run.patience_best, run.stale_evals = score, 0
+        else:
+            run.stale_evals += 1
     if progress is not None:
         progress(dict(row))
+
+
+def _stop_reason(run: _Run, cfg: DDQNConfig) -> str | None:
+    """Why training must stop now ("episodes", "patience", "time_budget"), or None to go on."""
+    if run.finished >= cfg.episodes:
+        return "episodes"
+    if cfg.patience is not None and run.stale_evals >= cfg.patience:
+        return "patience"
+    if cfg.time_budget_s is not None and time.monotonic() - run.started >= cfg.time_budget_s:
+        return "time_budget"
+    return None
 
 
 def train_ddqn(
@@ -317,10 +340,11 @@ def train_ddqn(
 
     ``forecaster`` maps windows (N, 10, 4) to next-bandwidth forecasts (N,) Mbit/s (the
     LSTM's in production; any callable in tests). ``progress`` is called after each
-    greedy evaluation with a dict (episode, epsilon, greedy reward, loss). Returns the
-    online Keras model (``(None, OBS_DIM) -> (None, 10)``) and a JSON-able history:
-    per-episode training reward, greedy validation curve, the baselines on the
-    validation episodes, the config, the seed and timings.
+    greedy evaluation with its ``greedy_eval`` row. Stops as the module docstring says. Returns
+    the online Keras model (``(None, OBS_DIM) -> (None, 10)``) and a JSON-able history: per-episode
+    training reward, greedy validation curve (``greedy_eval``), ``stopped_by``, the returned
+    network's greedy ``action_histogram`` on the validation episodes and ``collapsed``, the
+    baselines on the validation episodes, the config, the seed and timings.
     """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
 
@@ -335,9 +359,9 @@ def train_ddqn(
     buf = ReplayBuffer(cfg.replay_size, OBS_DIM)
     k = min(cfg.n_envs, cfg.episodes)
     envs = [_draw_episode(rng, datas, cfg.episode_len) for _ in range(k)]
-    run = _Run(envs, np.zeros(k, np.int64), np.zeros(k), cfg.epsilon_start, started_eps=k)
+    run = _Run(envs, np.zeros(k, np.int64), np.zeros(k), cfg.epsilon_start, started_eps=k, started=started)
 
-    while run.finished < cfg.episodes:
+    while (stopped_by := _stop_reason(run, cfg)) is None:
         _act(run, nets, buf, rng, cfg)
         if buf.size >= max(cfg.learning_starts, cfg.batch_size):
             _learn(run, nets, buf, rng, cfg)
@@ -346,12 +370,14 @@ def train_ddqn(
             _evaluate(run, nets, val, history, cfg, progress)
             run.next_eval = run.finished + cfg.eval_every
         if (run.t < 0).any() and not _drop_parked(run):
+            stopped_by = "episodes"
             break
 
-    if history["greedy_eval"][-1]["episode"] != run.finished:
+    if not history["greedy_eval"] or history["greedy_eval"][-1]["episode"] != run.finished:
         _evaluate(run, nets, val, history, cfg, progress)
     if cfg.keep_best and run.best_weights is not None:
         nets.online.set_weights(run.best_weights)
+    hist = action_histogram(_greedy(nets.act, val)[0])  # of the returned network
     history.update(
         {
             "final_greedy_reward": history["greedy_eval"][-1]["mean_reward"],
@@ -361,7 +387,11 @@ def train_ddqn(
             "obs_dim": OBS_DIM,
             "obs_names": list(OBS_NAMES),
             "gradient_steps": run.grad_steps,
+            "env_steps": run.env_steps,
             "episodes": run.finished,
+            "stopped_by": stopped_by,
+            "action_histogram": hist,
+            "collapsed": is_collapsed(hist),
             "train_series": len(datas),
             "train_seconds": round(time.monotonic() - started, 2),
         }

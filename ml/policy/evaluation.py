@@ -11,10 +11,12 @@ episodes:
 * ``predict_then_allocate``: robustMPC's rule: allocate the forecast discounted by
   the largest relative forecast error of the last 5 steps,
   ``alloc = forecast / (1 + max_err)``, snapped down to the action grid;
-* ``oracle``: the best action knowing the next step's bandwidth (the ceiling).
+* ``oracle``: the best action knowing the next step's bandwidth (the ceiling);
+* ``ewma_rule`` / ``quantile_rule`` (optional): the rules of ``ml.policy.rules`` with
+  parameters tuned on *training* series (passed in; never tuned on these episodes).
 
 ``normalized_score = (R_ddqn - R_fixed50) / (R_oracle - R_fixed50)``: 0 is no better
-than always allocating half, 1 is the oracle.
+than always allocating half, 1 is the oracle (``normalized_score_<policy>`` for the others).
 
 Held-out simulator episodes are links 0..episodes-1 of the fleet with simulator seed
 ``TRAIN_SEED_LIMIT + 1000 * seed + 500``: never used for training (``bwp train --seed S``
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import file_links
+from ml.data import file_links, simulator_links, simulator_seeds
 from ml.policy.env import (
     DEFAULT_EPISODE_LEN,
     TRAIN_SEED_LIMIT,
@@ -40,14 +42,20 @@ from ml.policy.env import (
     precompute,
 )
 from ml.policy.observation import last_value_forecast, snap_down
+from ml.policy.rules import EwmaRule, QuantileFn, QuantileRule, action_histogram, is_collapsed, quantile_rule_actions
 from simulator.generator import simulate_series
 from stream.core.errors import DataError, ModelError
 from stream.core.records import N_ACTIONS, WINDOW
 
 #: (windows (N, 10, 4), observations (N, OBS_DIM)) -> actions (N,)
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: A tuned quantile rule together with the forecaster's ``quantile_fn(windows, tau)`` it needs.
+QuantileRuleArg = tuple[QuantileRule, QuantileFn]
 PTA_LOOKBACK = 5
 EVAL_SEED_OFFSET = 500
+#: Training links x steps the rules are tuned on by ``tuning_series`` (= ``bwp train``'s training split).
+TUNE_LINKS = 64
+TUNE_STEPS = 1000
 
 
 def predict_then_allocate_actions(
@@ -114,6 +122,20 @@ def heldout_series(profile: str, episodes: int, seed: int, episode_len: int = DE
     return [simulate_series(profile, episode_len + WINDOW, sim_seed, link_index=k) for k in range(episodes)]
 
 
+def tuning_series(
+    profile: str, seed: int, links: int = TUNE_LINKS, steps: int = TUNE_STEPS
+) -> tuple[list[np.ndarray], str]:
+    """Training-seed simulator series to tune the rules on when a model carries no tuned rule.
+
+    The training links of ``bwp train --profile profile --seed seed`` (simulator seed
+    ``simulator_seeds(seed)["train"]``, links 0..links-1): never the held-out evaluation
+    episodes. Returns the series and a label saying where they came from (for the output).
+    """
+    sim_seed = simulator_seeds(seed)["train"]
+    series = [ls.data for ls in simulator_links(profile, links, steps, sim_seed)]
+    return series, f"simulator:{profile}:seed={sim_seed}:links=0..{links - 1}:steps={steps}"
+
+
 def heldout_seed(seed: int) -> int:
     """The simulator seed of ``bwp evaluate-policy --seed seed`` (never a training seed)."""
     if seed < 0:
@@ -144,38 +166,83 @@ def series_from_jsonl(
     return out, label
 
 
-def evaluate_series(series: Sequence[np.ndarray], forecaster: Forecaster, policy: PolicyFn | None) -> dict[str, Any]:
-    """Mean rewards of ``policy`` (optional) and of every baseline on the same episodes."""
+def _rule_actions(
+    windows: np.ndarray, reference: np.ndarray, ewma_rule: EwmaRule | None, quantile_rule: QuantileRuleArg | None
+) -> dict[str, np.ndarray]:
+    """The actions of each given rule for one episode's decision windows (name -> (n,) actions)."""
+    out: dict[str, np.ndarray] = {}
+    if ewma_rule is not None:
+        out["ewma_rule"] = ewma_rule.actions(windows)
+    if quantile_rule is not None:
+        rule, qfn = quantile_rule
+        out["quantile_rule"] = quantile_rule_actions(qfn(windows, rule.tau), reference)
+    return out
+
+
+def evaluate_series(
+    series: Sequence[np.ndarray],
+    forecaster: Forecaster,
+    policy: PolicyFn | None,
+    *,
+    ewma_rule: EwmaRule | None = None,
+    quantile_rule: QuantileRuleArg | None = None,
+) -> dict[str, Any]:
+    """Mean rewards of ``policy`` (optional), the tuned rules (optional) and every baseline on the same episodes.
+
+    ``ewma_rule``: a tuned :class:`~ml.policy.rules.EwmaRule`; ``quantile_rule``: a tuned
+    :class:`~ml.policy.rules.QuantileRule` with the forecaster's ``quantile_fn(windows, tau)``.
+    Their parameters must come from training data: this function scores, it never tunes.
+    Besides the mean rewards and normalized scores it reports the action histogram of every
+    scored policy (``action_histogram``/``collapsed`` for the DDQN, inside ``ewma_rule``/
+    ``quantile_rule`` for the rules): a policy that always picks one level has collapsed.
+    """
+    names = (["ddqn"] if policy is not None else []) + (["ewma_rule"] if ewma_rule is not None else [])
+    names += ["quantile_rule"] if quantile_rule is not None else []
+    sums = dict.fromkeys(names, 0.0)
+    hists = {k: np.zeros(N_ACTIONS, np.int64) for k in names}
     datas: list[SeriesData] = []
-    ddqn_sum = 0.0
-    steps = 0
     for s in series:
         d = precompute(s, forecaster)
         datas.append(d)
+        if not names:
+            continue
+        n = d.n_steps
+        windows = all_windows(s)[:n]  # (n, 10, 4): the decision windows
+        acts = _rule_actions(windows, d.reference[:n], ewma_rule, quantile_rule)
         if policy is not None:
-            n = d.n_steps
-            windows = all_windows(s)[:n]  # (n, 10, 4): the decision windows
-            actions = np.asarray(policy(windows, d.obs[:n]), dtype=np.int64)
-            ddqn_sum += decision_rewards(d, actions).sum()
-            steps += n
-    base = baseline_rewards(datas)
+            acts["ddqn"] = np.asarray(policy(windows, d.obs[:n]), dtype=np.int64)
+        for k, a in acts.items():
+            sums[k] += decision_rewards(d, a).sum()
+            hists[k] += action_histogram(a)
+    base = baseline_rewards(datas)  # raises DataError when there is no decision at all
+    steps = int(sum(d.n_steps for d in datas))
+    scored = {k: float(sums[k] / steps) for k in names}
     mean = {
-        "ddqn": float(ddqn_sum / steps) if policy is not None else None,
+        "ddqn": scored.get("ddqn"),
         "fixed_50": base["fixed_50"],
         "best_fixed": base["best_fixed"],
         "predict_then_allocate": base["predict_then_allocate"],
         "oracle": base["oracle"],
+        "ewma_rule": scored.get("ewma_rule"),
+        "quantile_rule": scored.get("quantile_rule"),
     }
     out: dict[str, Any] = {
         "episodes": len(datas),
-        "decisions": int(sum(d.n_steps for d in datas)),
+        "decisions": steps,
         "mean_reward": mean,
         "best_fixed_pct": base["best_fixed_pct"],
         "fixed": {k: v for k, v in base.items() if k.startswith("fixed_")},
     }
-    out["normalized_score"] = normalized_score(mean["ddqn"], mean["fixed_50"], mean["oracle"])
-    out["normalized_score_predict_then_allocate"] = normalized_score(
-        mean["predict_then_allocate"], mean["fixed_50"], mean["oracle"]
+    for key in ("ddqn", "predict_then_allocate", "ewma_rule", "quantile_rule"):
+        # "normalized_score" alone is the DDQN's (the historical key)
+        name = "normalized_score" if key == "ddqn" else f"normalized_score_{key}"
+        out[name] = normalized_score(mean[key], mean["fixed_50"], mean["oracle"])
+    hist = hists.get("ddqn")
+    out["action_histogram"] = hist.tolist() if hist is not None else None
+    out["collapsed"] = is_collapsed(hist) if hist is not None else None
+    out["ewma_rule"] = {**ewma_rule.to_json(), "action_histogram": hists["ewma_rule"].tolist()} if ewma_rule else None
+    out["quantile_rule"] = (
+        {**quantile_rule[0].to_json(), "action_histogram": hists["quantile_rule"].tolist()} if quantile_rule else None
     )
     return out
 
@@ -230,4 +297,5 @@ __all__ = [
     "normalized_score",
     "predict_then_allocate_actions",
     "series_from_jsonl",
+    "tuning_series",
 ]

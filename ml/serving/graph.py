@@ -24,11 +24,14 @@ from ml.policy.observation import FORECAST_CLIP, LOSS, OBS_HIGH, OBS_LOW, REL
 from stream.core.records import N_ACTIONS
 
 
-def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callable[[Any], tuple[Any, Any, Any]]:
-    """``serve(windows)``: (N, 10, 4) float64 raw windows ->
-    (forecast Mbit/s (N,) float64, action (N,) int32 in 0..9, reference Mbit/s (N,) float64).
+def graph_parts(preprocessor: Preprocessor) -> tuple[Callable[[Any], tuple], Callable[[Any, Any, Any, Any], tuple]]:
+    """The two pieces every serving graph shares, in TensorFlow ops (not compiled):
 
-    Not wrapped in ``tf.function``; the caller compiles it (plain or XLA).
+    * ``transform(w)``: raw windows (N, 10, 4) -> (w float64, bw (N, 10) >= 0, x (N, 10, 4)
+      float32 model input, log1p latency (N, 10), level (N,), eps (N,)) as
+      :meth:`Preprocessor.transform` computes them;
+    * ``observe(w, bw, x_lat, forecast)`` -> (observation (N, 9) float32, reference (N,))
+      as :func:`ml.policy.observation.observation` / ``reference_bandwidth``.
     """
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
 
@@ -36,8 +39,6 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
     mode = preprocessor.mode
     x_mean = tf.constant(preprocessor.x_mean, f64)  # (4,)
     x_std = tf.constant(preprocessor.x_std, f64)  # (4,)
-    y_mean = tf.constant(preprocessor.y_mean, f64)
-    y_std = tf.constant(preprocessor.y_std, f64)
     n_feat = len(preprocessor.x_mean)
     # one-hot column masks: rebuilding the window from per-channel columns without scatter
     bw_col = tf.one_hot(BW, n_feat, dtype=f64)  # (4,)
@@ -47,38 +48,27 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
     def finite_or_zero(v: Any) -> Any:
         return tf.where(tf.math.is_finite(v), v, tf.zeros_like(v))
 
-    def level_and_eps(w_bw: Any) -> tuple[Any, Any]:
-        """ml.forecast.features.window_level (clipped at 0) and ml.forecast.features._eps, each (N,)."""
-        level = w_bw[:, -1] if mode == "relative_last" else tf.reduce_mean(w_bw, axis=1)
-        eps = _REL_EPS * tf.reduce_mean(tf.maximum(w_bw, 0.0), axis=1) + _ABS_EPS
-        return tf.maximum(level, 0.0), eps
-
-    def serve(w: Any) -> tuple[Any, Any, Any]:
+    def transform(w: Any) -> tuple:
         w = tf.cast(w, f64)  # (N, 10, 4)
         w_bw = w[:, :, BW]  # (N, 10), raw
         bw = tf.maximum(w_bw, 0.0)
-        # --- Preprocessor.transform -> (N, 10, 4) float32
+        # ml.forecast.features.window_level (clipped at 0) and ml.forecast.features._eps, each (N,)
+        level = w_bw[:, -1] if mode == "relative_last" else tf.reduce_mean(w_bw, axis=1)
+        level = tf.maximum(level, 0.0)
+        eps = _REL_EPS * tf.reduce_mean(bw, axis=1) + _ABS_EPS
         if mode == "log_absolute":
             x_bw = tf.math.log1p(bw)
         else:
-            level, eps = level_and_eps(w_bw)
             x_bw = tf.math.log((bw + eps[:, None]) / (level[:, None] + eps[:, None]))
         x_lat = tf.math.log1p(tf.maximum(w[:, :, LAT], 0.0))
         x = w * keep + x_bw[:, :, None] * bw_col + x_lat[:, :, None] * lat_col
         x = tf.cast(finite_or_zero((x - x_mean) / x_std), tf.float32)
-        # --- LSTM, then Preprocessor.inverse_target -> (N,) Mbit/s
-        z = tf.cast(tf.reshape(lstm(x, training=False), [-1]), f64) * y_std + y_mean
-        z = tf.clip_by_value(z, -20.0, 20.0)
-        if mode == "log_absolute":
-            forecast = tf.math.expm1(z)
-        else:
-            forecast = tf.exp(z) * (level + eps) - eps
-        forecast = tf.maximum(forecast, 0.0)
-        # --- policy_features.observation -> (N, 9) float32
-        ref = tf.reduce_max(bw, axis=1)  # (N,)
+        return w, bw, x, x_lat, level, eps
+
+    def observe(w: Any, bw: Any, x_lat: Any, forecast: Any) -> tuple:
+        ref = tf.reduce_max(bw, axis=1)  # (N,): max of the clipped = max(max of the raw, 0)
         inv = tf.where(ref > 0, 1.0 / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.zeros_like(ref))
         rel = bw * inv[:, None]  # (N, 10)
-        llat = x_lat  # log1p(latency), as the transform computed it
         f_rel = forecast * inv
         obs = tf.stack(
             [
@@ -87,16 +77,46 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
                 tf.reduce_min(rel, axis=1),
                 tf.math.reduce_std(rel, axis=1),
                 rel[:, -1] - rel[:, -2],
-                tf.clip_by_value(llat[:, -1] - tf.reduce_mean(llat, axis=1), float(OBS_LOW[5]), float(OBS_HIGH[5])),
+                tf.clip_by_value(x_lat[:, -1] - tf.reduce_mean(x_lat, axis=1), float(OBS_LOW[5]), float(OBS_HIGH[5])),
                 tf.clip_by_value(w[:, -1, LOSS], 0.0, 1.0),
                 tf.clip_by_value(w[:, -1, REL], 0.0, 1.0),
                 tf.clip_by_value(tf.where(tf.math.is_nan(f_rel), tf.zeros_like(f_rel), f_rel), 0.0, FORECAST_CLIP),
             ],
             axis=1,
         )
-        # --- Q-net argmax; reference = policy_features.reference_bandwidth
-        q = qnet(tf.cast(obs, tf.float32), training=False)
+        return tf.cast(obs, tf.float32), ref
+
+    return transform, observe
+
+
+def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callable[[Any], tuple[Any, Any, Any]]:
+    """``serve(windows)``: (N, 10, 4) float64 raw windows ->
+    (forecast Mbit/s (N,) float64, action (N,) int32 in 0..9, reference Mbit/s (N,) float64).
+
+    The point head (v1 artefacts and ``bwp train --head point``). Not wrapped in
+    ``tf.function``; the caller compiles it (plain or XLA).
+    """
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    f64 = tf.float64
+    mode = preprocessor.mode
+    y_mean = tf.constant(preprocessor.y_mean, f64)
+    y_std = tf.constant(preprocessor.y_std, f64)
+    transform, observe = graph_parts(preprocessor)
+
+    def serve(w: Any) -> tuple[Any, Any, Any]:
+        w, bw, x, x_lat, level, eps = transform(w)
+        # --- LSTM, then Preprocessor.inverse_target -> (N,) Mbit/s
+        z = tf.cast(tf.reshape(lstm(x, training=False), [-1]), f64) * y_std + y_mean
+        z = tf.clip_by_value(z, -20.0, 20.0)
+        if mode == "log_absolute":
+            forecast = tf.math.expm1(z)
+        else:
+            forecast = tf.exp(z) * (level + eps) - eps
+        forecast = tf.maximum(forecast, 0.0)
+        obs, ref = observe(w, bw, x_lat, forecast)  # (N, 9), (N,)
+        q = qnet(obs, training=False)
         action = tf.clip_by_value(tf.argmax(q, axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
-        return forecast, action, ref  # max of the clipped = max(max of the raw, 0)
+        return forecast, action, ref
 
     return serve

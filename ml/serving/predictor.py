@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ml.forecast.calibration import SOURCES, ForecastSpec
+from ml.forecast.quantiles import from_ratio, interpolate_tau, to_ratio
 from ml.serving.graph import serving_function
+from ml.serving.quantile_graph import POLICIES, quantile_serving_function
 from ml.serving.registry import load_version
 from ml.serving.runtime import configure_tf, tf_threads, xla_enabled
 from stream.core.errors import ModelError
@@ -48,15 +52,24 @@ XLA_MIN = 16
 #: Largest chunk an XLA call gets (larger batches go in chunks): 1024 was the fastest
 #: per window here (21 us vs 25 at 2048 and 28 at 4096).
 XLA_CHUNK = 1024
+#: Quantile levels of the decisions schema v2 (p10, p50, p90).
+WIRE_LEVELS = (0.1, 0.5, 0.9)
 
 
 @dataclass
 class Prediction:
     """One row per input window."""
 
-    bandwidth_mbps: np.ndarray  # (N,) forecast of the next step, >= 0
+    bandwidth_mbps: np.ndarray  # (N,) forecast of the next step (the served h=1 median), >= 0
     action: np.ndarray  # (N,) int64 in 0..9, allocation (action + 1) * 10 %
     reference_bandwidth_mbps: np.ndarray  # (N,) what 100 % allocation means
+    #: (N, H, Q) Mbit/s quantiles of the mean bandwidth over the next h steps; None for a point model
+    quantiles: np.ndarray | None = None
+    horizons: tuple[int, ...] = (1,)
+    forecast_source: np.ndarray | None = None  # (N,) names of ml.forecast.calibration.SOURCES
+    policy: np.ndarray | None = None  # (N,) names of ml.serving.quantile_graph.POLICIES
+    #: (N, H, 3) Mbit/s: the quantiles 0.1, 0.5, 0.9 the decisions schema v2 carries; None for a point model
+    wire_quantiles: np.ndarray | None = None
 
 
 def _bucket(n: int) -> int:
@@ -85,7 +98,25 @@ class Predictor:
         self._qnet = loaded.qnet
         self._lock = threading.Lock()
         self._raw: dict[bool, tuple[Any, Any]] = {}
-        serve = serving_function(self.preprocessor, self._lstm, self._qnet)
+        self.head: str = self.metadata.get("head", "point")
+        self.spec: ForecastSpec | None = None
+        if self.head == "quantile":
+            self.spec = ForecastSpec.from_json(self.metadata["forecast"])
+            pol = self.metadata.get("policy", {})
+            rule = pol.get("ewma_rule") or {"alpha": 0.5, "k": 0.8}
+            serve = quantile_serving_function(
+                self.preprocessor,
+                self._lstm,
+                self._qnet,
+                self.spec,
+                pol.get("serving") or {"*": "ddqn"},
+                (float(rule["alpha"]), float(rule["k"])),
+                float((pol.get("quantile_rule") or {"tau": 0.1})["tau"]),
+            )
+            self._groups = {g: i for i, g in enumerate(self.spec.groups())}
+        else:
+            point = serving_function(self.preprocessor, self._lstm, self._qnet)
+            serve = lambda w, g: point(w)  # noqa: E731 - one signature for both heads
         # One concrete function per bucket: shapes are static, so nothing retraces later.
         self._serve_fn = tf.function(serve, reduce_retracing=False)
         self.xla = xla_enabled() if xla is None else xla
@@ -98,6 +129,11 @@ class Predictor:
                 self.xla = False
         if not self.xla:
             self._warm_up()
+
+    @property
+    def lstm(self) -> Any:
+        """The loaded Keras forecaster (for evaluation code that runs it outside the serving graph)."""
+        return self._lstm
 
     @property
     def max_chunk(self) -> int:
@@ -122,45 +158,91 @@ class Predictor:
         """
 
         def compile_(b: int) -> None:
-            self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64))
+            self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64), np.zeros((b,), np.int32))
 
         with ThreadPoolExecutor(max_workers=tf_threads(), thread_name_prefix="bwp-compile") as ex:
             list(ex.map(compile_, sorted(self.buckets(), reverse=True)))  # re-raises a compile error
 
-    def _run(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The serving function on bucket-padded chunks of ``w`` (N, 10, 4) float64:
-        (forecast, action, reference), each (N,)."""
+    def _run(self, w: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The serving function on bucket-padded chunks of ``w`` (N, 10, 4) float64 and profile
+        groups (N,) int32: (forecast, action, reference[, quantiles, source, policy]), N rows each."""
         n = w.shape[0]
         step = self.max_chunk
         outs: list[tuple[np.ndarray, ...]] = []
         for start in range(0, n, step):
-            chunk = w[start : start + step]
+            chunk, g = w[start : start + step], groups[start : start + step]
             m = chunk.shape[0]
             b = _bucket(m)
             if m < b:  # zero windows (an outage) are valid input; their rows are dropped
                 chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], dtype=np.float64)])
-            outs.append(tuple(t.numpy()[:m] for t in self._fn(b)(chunk)))
+                g = np.concatenate([g, np.zeros(b - m, np.int32)])
+            outs.append(tuple(t.numpy()[:m] for t in self._fn(b)(chunk, g)))
         if len(outs) == 1:
-            return outs[0]  # type: ignore[return-value]
-        return tuple(np.concatenate(parts) for parts in zip(*outs))  # type: ignore[return-value]
+            return outs[0]
+        return tuple(np.concatenate(parts) for parts in zip(*outs))
 
     def forecast(self, windows: np.ndarray) -> np.ndarray:
         """The forecast of :meth:`predict` alone: (N, 10, 4) Mbit/s -> (N,) Mbit/s (the
         serving graph also runs the tiny Q-net; one compiled path serves both)."""
         return self.predict(windows).bandwidth_mbps
 
-    def predict(self, windows: np.ndarray) -> Prediction:
-        """Forecast, action and reference bandwidth for each window.
+    def predict(self, windows: np.ndarray, profiles: Sequence[str | None] | None = None) -> Prediction:
+        """Forecast, action and reference bandwidth for each window (and, for a quantile
+        model, the quantiles of every horizon, the forecast source and the policy).
 
         ``windows`` is (N, 10, 4) in raw units (Mbit/s, ms, ratios), FEATURES order,
-        oldest row first. N = 0 gives empty arrays.
+        oldest row first; ``profiles`` (N,) selects each window's calibration, fallback
+        and policy (unknown or None: the all-profiles choice). N = 0 gives empty arrays.
         """
         w = self._check(windows)
-        if w.shape[0] == 0:
-            return Prediction(np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
-        with self._lock:
-            bw, act, ref = self._run(w)  # (N,) each
-        return Prediction(bw, act.astype(np.int64), ref)
+        n = w.shape[0]
+        if self.spec is None:
+            g = np.zeros(n, np.int32)
+        else:
+            g = np.fromiter((self._groups.get(p, 0) for p in (profiles or [None] * n)), np.int32, count=n)  # type: ignore[arg-type]
+        if n == 0:
+            out: tuple[np.ndarray, ...] = (np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
+            if self.spec is not None:
+                shape = (0, len(self.spec.horizons), len(self.spec.quantiles))
+                out += (np.zeros(shape), np.zeros(0, np.int32), np.zeros(0, np.int32))
+        else:
+            with self._lock:
+                out = self._run(w, g)  # N rows each
+        if self.spec is None:
+            return Prediction(out[0], out[1].astype(np.int64), out[2])
+        return Prediction(
+            out[0],
+            out[1].astype(np.int64),
+            out[2],
+            quantiles=out[3],
+            horizons=self.spec.horizons,
+            forecast_source=np.asarray(SOURCES, dtype=object)[out[4]],
+            policy=np.asarray(POLICIES, dtype=object)[out[5]],
+            wire_quantiles=self._wire(w, out[3]),
+        )
+
+    def _wire(self, w: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """(N, H, Q) -> (N, H, 3) at 0.1, 0.5, 0.9: a slice when the model has those levels
+        (the default), else interpolated in the ratio space."""
+        assert self.spec is not None
+        levels = [round(t, 9) for t in self.spec.quantiles]
+        if all(t in levels for t in WIRE_LEVELS):
+            return q[:, :, [levels.index(t) for t in WIRE_LEVELS]]
+        cols = []
+        for k in range(q.shape[1]):
+            z = to_ratio(w, q[:, k])
+            cols.append(np.stack([from_ratio(w, interpolate_tau(z, self.spec.quantiles, t)) for t in WIRE_LEVELS], 1))
+        return np.maximum.accumulate(np.stack(cols, axis=1), axis=2)
+
+    def quantile(self, windows: np.ndarray, tau: float, profiles: Sequence[str | None] | None = None) -> np.ndarray:
+        """The served ``tau``-quantile of the next step's bandwidth, (N,) Mbit/s (interpolated in the
+        ratio space between the model's quantiles); a point model has only its forecast."""
+        pred = self.predict(windows, profiles)
+        if pred.quantiles is None or self.spec is None:
+            return pred.bandwidth_mbps
+        w = self._check(windows)
+        z = to_ratio(w, pred.quantiles[:, 0])  # (N, Q)
+        return from_ratio(w, interpolate_tau(z, self.spec.quantiles, tau))
 
     @staticmethod
     def _check(windows: np.ndarray) -> np.ndarray:

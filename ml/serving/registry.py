@@ -263,7 +263,9 @@ def load_version(model_dir: Path | str, version: str | None = None) -> LoadedVer
 
     Raises :class:`ModelError` when there is no such version, a file is missing or
     its checksum does not match, a model cannot be deserialised in safe mode, or an
-    input/output shape differs from (10, 4) -> 1 and (OBS_DIM,) -> 10.
+    input/output shape differs from (10, 4) -> 1 (a quantile model: H x Q, from its
+    metadata) and (OBS_DIM,) -> 10. Version 1 artefacts (no ``head`` in metadata) are
+    point models.
     """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
 
@@ -282,7 +284,11 @@ def load_version(model_dir: Path | str, version: str | None = None) -> LoadedVer
         except Exception as exc:  # keras raises many types for a bad archive
             raise ModelError(f"model {version}: cannot load {name} in safe mode: {exc}") from exc
     shapes = meta.get("shapes", {})
-    _check_shapes(version, LSTM_FILE, models[LSTM_FILE], [WINDOW, len(FEATURES)], [1], shapes.get("lstm", {}))
+    out = [1]
+    if meta.get("head", "point") == "quantile":
+        fc = meta.get("forecast") or {}
+        out = [len(fc.get("horizons", [])) * len(fc.get("quantiles", []))]
+    _check_shapes(version, LSTM_FILE, models[LSTM_FILE], [WINDOW, len(FEATURES)], out, shapes.get("lstm", {}))
     _check_shapes(version, QNET_FILE, models[QNET_FILE], [OBS_DIM], [N_ACTIONS], shapes.get("qnet", {}))
     pre = Preprocessor.from_json((path / PREPROCESSING_FILE).read_text(encoding="utf-8"))
     return LoadedVersion(version, path, models[LSTM_FILE], models[QNET_FILE], pre, meta)

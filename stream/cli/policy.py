@@ -10,6 +10,7 @@ from typing import Any
 
 from ml.eval.report import write_html_report
 from ml.policy.observation import last_value_forecast
+from ml.policy.rules import EwmaRule, QuantileRule, tune_ewma_rule, tune_quantile_rule
 from ml.serving.predictor import load_predictor
 from ml.serving.runtime import configure_tf
 from simulator.profiles import PROFILE_NAMES
@@ -76,8 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_report)
 
 
-def _load_policy(args: argparse.Namespace, model_dir: Path) -> tuple[Any, Any, str, str]:
-    """(forecaster, policy, model label, forecaster label) for the command line's choice."""
+def _load_policy(args: argparse.Namespace, model_dir: Path) -> tuple[Any, Any, str, str, Any]:
+    """(forecaster, policy, model label, forecaster label, predictor or None) for the command line's choice."""
     # gymnasium (through ml.policy.env): only policy evaluation needs it
     from ml.policy.evaluation import (
         load_qnet,
@@ -90,15 +91,59 @@ def _load_policy(args: argparse.Namespace, model_dir: Path) -> tuple[Any, Any, s
         policy = qnet_policy(load_qnet(args.qnet))
         try:
             pred = load_predictor(model_dir, args.model)
-            return pred.forecast, policy, str(args.qnet), f"lstm:{pred.version}"
+            return pred.forecast, policy, str(args.qnet), f"lstm:{pred.version}", pred
         except (ModelError, ImportError):
             if args.model:
                 raise
-            return last_value_forecast, policy, str(args.qnet), "last_value"
+            return last_value_forecast, policy, str(args.qnet), "last_value", None
 
     pred = load_predictor(model_dir, args.model)
     forecaster, policy = predictor_policy(pred)
-    return forecaster, policy, pred.version, f"lstm:{pred.version}"
+    return forecaster, policy, pred.version, f"lstm:{pred.version}", pred
+
+
+def _policy_meta(pred: Any) -> dict[str, Any]:
+    """``metadata["policy"]`` of the loaded model (where ``bwp train`` stores the tuned rules), or {}."""
+    meta = getattr(pred, "metadata", None) or {}
+    pol = meta.get("policy") if isinstance(meta, dict) else None
+    return pol if isinstance(pol, dict) else {}
+
+
+def _rules(args: argparse.Namespace, pred: Any, profile: str, notes: list[str]) -> tuple[Any, Any, dict[str, str]]:
+    """The EWMA rule and the (quantile rule, quantile_fn) pair to score, and where their parameters came from.
+
+    Parameters come from the model's ``metadata["policy"]``; missing ones are tuned on the
+    training-seed simulator links of the profile, never on the evaluated episodes. The quantile
+    rule needs a predictor with ``quantile(windows, tau)``; without one it is left out (a note says so).
+    """
+    from ml.policy.evaluation import tuning_series  # gymnasium (through ml.policy.env): only this command needs it
+
+    pol = _policy_meta(pred)
+    tune_profile = profile if profile in PROFILE_NAMES else args.profile  # files: their profile, if known
+    cache: list[tuple[list[Any], str]] = []
+
+    def train_series() -> tuple[list[Any], str]:
+        if not cache:  # simulated once, shared by both rules
+            cache.append(tuning_series(tune_profile, args.seed))
+        return cache[0]
+
+    def load(key: str, cls: Any, tune: Any) -> tuple[Any, str]:
+        try:
+            return cls.from_json(pol[key]), "model metadata"
+        except (KeyError, TypeError, ValueError):
+            series, label = train_series()
+            notes.append(f"{key}: no tuned parameters in the model's metadata; tuned on {label}")
+            return tune(series), label
+
+    ewma, ewma_src = load("ewma_rule", EwmaRule, tune_ewma_rule)
+    sources = {"ewma_rule": ewma_src}
+    if not callable(getattr(pred, "quantile", None)):
+        notes.append("quantile_rule: omitted (the model has no quantile forecaster: predictor.quantile)")
+        return ewma, None, sources
+    qrule, sources["quantile_rule"] = load(
+        "quantile_rule", QuantileRule, lambda ser: tune_quantile_rule(ser, pred.quantile)
+    )
+    return ewma, (qrule, pred.quantile), sources
 
 
 def cmd_evaluate_policy(args: argparse.Namespace) -> int:
@@ -115,7 +160,7 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
     if args.episodes < 1 or args.episode_len < 1:
         print("bwp evaluate-policy: --episodes and --episode-len must be >= 1", file=sys.stderr)
         return 2
-    forecaster, policy, model_label, fc_label = _load_policy(args, Path(settings.model_dir))
+    forecaster, policy, model_label, fc_label, pred = _load_policy(args, Path(settings.model_dir))
     if args.data:
         series, profile = series_from_jsonl(args.data, args.episode_len)
         source: dict[str, Any] = {"kind": "files", "files": [str(p) for p in args.data]}
@@ -123,7 +168,13 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         series = heldout_series(args.profile, args.episodes, args.seed, args.episode_len)
         profile = args.profile
         source = {"kind": "simulator", "simulator_seed": heldout_seed(args.seed), "links": f"0..{args.episodes - 1}"}
-    res = evaluate_series(series, forecaster, policy)
+    notes: list[str] = []
+    ewma_rule, quantile_rule, rule_sources = _rules(args, pred, profile, notes)
+    for note in notes:
+        print(f"bwp evaluate-policy: {note}", file=sys.stderr)
+    res = evaluate_series(series, forecaster, policy, ewma_rule=ewma_rule, quantile_rule=quantile_rule)
+    for key, src in rule_sources.items():
+        res[key]["tuned_on"] = src
     out = {
         "profile": profile,
         "episodes": res["episodes"],
@@ -132,8 +183,15 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         "mean_reward": res["mean_reward"],
         "normalized_score": res["normalized_score"],
         "normalized_score_predict_then_allocate": res["normalized_score_predict_then_allocate"],
+        "normalized_score_ewma_rule": res["normalized_score_ewma_rule"],
+        "normalized_score_quantile_rule": res["normalized_score_quantile_rule"],
         "best_fixed_pct": res["best_fixed_pct"],
         "fixed": res["fixed"],
+        "action_histogram": res["action_histogram"],
+        "collapsed": res["collapsed"],
+        "ewma_rule": res["ewma_rule"],
+        "quantile_rule": res["quantile_rule"],
+        "notes": notes,
         "model": model_label,
         "forecaster": fc_label,
         "source": source,
@@ -141,20 +199,30 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    m = out["mean_reward"]
     print(
         f"policy evaluation: profile {profile}, {out['episodes']} episodes, {out['decisions']} decisions, model {model_label}"
     )
-    for k in ("ddqn", "fixed_50", "best_fixed", "predict_then_allocate", "oracle"):
-        extra = f" (fixed {out['best_fixed_pct']} %)" if k == "best_fixed" else ""
-        print(f"  {k:<22} mean reward {m[k]:.4f}{extra}")
-    ns = out["normalized_score"]
-    print(
-        f"  normalized score (ddqn vs fixed 50 % .. oracle): {ns:.3f}"
-        if ns is not None
-        else "  normalized score: undefined"
-    )
+    _print_table(out)
     return 0
+
+
+def _print_table(out: dict[str, Any]) -> None:
+    """The human-readable form of ``bwp evaluate-policy``'s result."""
+    m = out["mean_reward"]
+    extras = {"best_fixed": f" (fixed {out['best_fixed_pct']} %)"}
+    if out["collapsed"]:
+        extras["ddqn"] = " (collapsed: one action >= 95 % of the decisions)"
+    for key in ("ewma_rule", "quantile_rule"):
+        r = out[key]
+        if r is not None:
+            params = ", ".join(f"{p} {r[p]:g}" for p in ("alpha", "k", "tau") if p in r)
+            extras[key] = f" ({params}; from {r['tuned_on']})"
+    for k in ("ddqn", "ewma_rule", "quantile_rule", "fixed_50", "best_fixed", "predict_then_allocate", "oracle"):
+        if m.get(k) is not None:
+            ns = out["normalized_score"] if k == "ddqn" else out.get(f"normalized_score_{k}")
+            norm = f", normalized {ns:.3f}" if ns is not None else ""
+            print(f"  {k:<22} mean reward {m[k]:.4f}{norm}{extras.get(k, '')}")
+    print("  normalized score = (R - R_fixed50) / (R_oracle - R_fixed50)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -19,11 +19,13 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_serializer,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.core.errors import ConfigError
+from stream.core.records import DECISION_SCHEMA_VERSION, DECISION_SCHEMA_VERSIONS
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -78,6 +80,11 @@ class Settings(BaseSettings):
         description="Freeze the worker's heap after start-up, so full garbage collections (about 0.25 s "
         "pauses of every thread otherwise) skip the model and libraries.",
     )
+    decisions_schema_version: int = Field(
+        DECISION_SCHEMA_VERSION,
+        description="Schema version of the decisions the worker publishes: 2 (quantile forecast, docs/wire.md) "
+        "or 1 for consumers that validate v1 strictly until they upgrade.",
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's /metrics endpoint (0 = off).")
 
     # --- TensorFlow (serving and training) -------------------------------------------
@@ -94,6 +101,16 @@ class Settings(BaseSettings):
     embedded: Literal["auto", "always", "never"] = Field(
         "auto", description="Start embedded broker/Redis: auto = only when the URLs point at loopback."
     )
+
+    @field_validator("decisions_schema_version")
+    @classmethod
+    def _check_decisions_schema_version(cls, v: int) -> int:
+        if v not in DECISION_SCHEMA_VERSIONS:
+            raise ValueError(
+                f"BWP_DECISIONS_SCHEMA_VERSION must be one of {', '.join(map(str, DECISION_SCHEMA_VERSIONS))} "
+                f"(the decisions schema versions this release writes), got {v}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

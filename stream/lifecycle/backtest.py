@@ -13,8 +13,10 @@ worker does once the broker has them.
 Output: the ``bwp evaluate`` report (LSTM and naive baselines scored on every
 decision whose next state is in the files; the baselines see the very windows the
 model saw) plus ``policy``: the mean ``ml.policy.reward.reward`` of the allocated
-bandwidth against the next actual bandwidth, next to always-50 % and the
-oracle (best action knowing the next state). ``--decisions-out`` writes every
+bandwidth against the next actual bandwidth, next to always-50 %, the best fixed level
+(chosen on these same decisions: optimistic), the oracle (best action knowing the next
+state) and both rules (``ml.policy.rules``, with the model's tuned parameters), plus
+how often each policy served (``served_policies``). ``--decisions-out`` writes every
 decision as JSON lines (``decided_at_ms`` = the decision's own ``ts_ms``: simulated
 time, so the file is the same whatever the batch size).
 """
@@ -34,7 +36,10 @@ import numpy as np
 
 from ml.eval.forecast import MAPE_ABS_FLOOR_MBPS, MAPE_REL_FLOOR, report
 from ml.forecast.baselines import baseline_forecasters
+from ml.forecast.quantiles import from_ratio, interpolate_tau, to_ratio
+from ml.policy.observation import reference_bandwidth, snap_down
 from ml.policy.reward import reward
+from ml.policy.rules import ewma_rule_actions
 from ml.serving.predictor import load_predictor
 from stream.core.errors import DataError
 from stream.core.records import N_ACTIONS, WINDOW, Decision, Telemetry
@@ -51,9 +56,9 @@ class _Capture:
         self.version = predictor.version
         self.windows: list[np.ndarray] = []
 
-    def predict(self, windows: np.ndarray) -> Any:
+    def predict(self, windows: np.ndarray, profiles: Any = None) -> Any:
         self.windows.append(np.array(windows, dtype=np.float64))
-        return self.inner.predict(windows)
+        return self.inner.predict(windows, profiles)
 
 
 async def _run_core(
@@ -128,24 +133,51 @@ def _next_actual(records: Sequence[Telemetry]) -> dict[tuple[str, int], float]:
     return out
 
 
-def _policy_block(alloc: np.ndarray, ref: np.ndarray, actual: np.ndarray) -> dict[str, Any]:
-
+def _policy_block(
+    alloc: np.ndarray, ref: np.ndarray, actual: np.ndarray, rules: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
+    """Mean rewards of the served allocations, always-50 %, the best fixed level, the oracle and
+    each rule's actions (``rules``: name -> (n,) actions on the same decisions)."""
     if len(actual) == 0:
         return {"n": 0, "mean_reward": None, "fixed_50_mean_reward": None, "oracle_mean_reward": None}
     levels = (np.arange(N_ACTIONS) + 1) / N_ACTIONS  # (10,) 10 % .. 100 %
     all_r = reward(ref[:, None] * levels[None, :], actual[:, None])  # (n, 10)
-    return {
+    out: dict[str, Any] = {
         "n": int(len(actual)),
         "mean_reward": float(np.mean(reward(alloc, actual))),
         "fixed_50_mean_reward": float(np.mean(all_r[:, 4])),
+        "best_fixed_mean_reward": float(all_r.mean(axis=0).max()),
         "oracle_mean_reward": float(np.mean(all_r.max(axis=1))),
     }
+    for name, act in (rules or {}).items():
+        out[f"{name}_mean_reward"] = float(np.mean(np.take_along_axis(all_r, act[:, None], axis=1)))
+    return out
+
+
+def _rule_actions(ds: Sequence[Decision], w: np.ndarray, policy_meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The EWMA rule's and (for v2 decisions with quantiles) the quantile rule's actions on the
+    decisions' windows, with the model's tuned parameters (defaults when it has none)."""
+    if not len(ds):
+        return {}
+    rule = policy_meta.get("ewma_rule") or {"alpha": 0.5, "k": 0.8}
+    out = {"ewma_rule": ewma_rule_actions(w, float(rule["alpha"]), float(rule["k"]))}
+    qr = policy_meta.get("quantile_rule")
+    if qr and all(d.forecast for d in ds):
+        q1 = np.array([d.forecast[0][1:] for d in ds], dtype=np.float64)  # (n, 3) h = 1 p10/p50/p90
+        q_tau = from_ratio(w, interpolate_tau(to_ratio(w, q1), (0.1, 0.5, 0.9), float(qr["tau"])))
+        out["quantile_rule"] = snap_down(q_tau, reference_bandwidth(w))
+    return out
 
 
 def backtest_report(
-    decisions: Sequence[Decision], windows: np.ndarray, records: Sequence[Telemetry], ewma_alpha: float
+    decisions: Sequence[Decision],
+    windows: np.ndarray,
+    records: Sequence[Telemetry],
+    ewma_alpha: float,
+    policy_meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``bwp evaluate`` JSON of the decisions' forecasts, plus ``policy`` rewards."""
+    """The ``bwp evaluate`` JSON of the decisions' forecasts, plus ``policy`` rewards (the served
+    allocations against fixed levels, the oracle and both rules, on the same decisions)."""
     nxt = _next_actual(records)
     keep = np.array([(d.link_id, d.seq) in nxt for d in decisions], dtype=bool)
     ds = [d for d, k in zip(decisions, keep) if k]
@@ -168,10 +200,18 @@ def backtest_report(
     alloc = np.array([d.allocated_bandwidth_mbps for d in ds], dtype=np.float64)
     ref = np.array([d.reference_bandwidth_mbps for d in ds], dtype=np.float64)
     profs = fc["profiles"]
-    rep["policy"] = _policy_block(alloc, ref, y)
+    rules = _rule_actions(ds, w, policy_meta or {})
+    rep["policy"] = _policy_block(alloc, ref, y, rules)
     rep["policy"]["by_profile"] = {
-        p: _policy_block(alloc[profs == p], ref[profs == p], y[profs == p]) for p in sorted(set(profs.tolist()))
+        p: _policy_block(
+            alloc[profs == p], ref[profs == p], y[profs == p], {k: a[profs == p] for k, a in rules.items()}
+        )
+        for p in sorted(set(profs.tolist()))
     }
+    served = defaultdict(int)
+    for d in ds:
+        served[d.policy or "ddqn"] += 1
+    rep["policy"]["served_policies"] = dict(served)
     return rep
 
 
@@ -203,8 +243,9 @@ def backtest(
     if predictor is None:
         predictor = load_predictor(model_dir, version)
     decisions, windows, records, counts = run_pipeline(paths, predictor, batch_max)
-    alpha = float(getattr(predictor, "metadata", {}).get("ewma_alpha", 0.5))
-    rep = backtest_report(decisions, windows, records, alpha)
+    meta = getattr(predictor, "metadata", {})
+    alpha = float(meta.get("ewma_alpha", 0.5))
+    rep = backtest_report(decisions, windows, records, alpha, meta.get("policy"))
     rep["version"] = predictor.version
     rep["pipeline"] = {**counts, "decisions": len(decisions), "batch_max": batch_max}
     if decisions_out is not None:

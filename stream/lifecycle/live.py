@@ -8,6 +8,10 @@ link), and the pair feeds :class:`stream.lifecycle.drift.LiveAccuracy` (Page-Hin
 relative error minus last-value's); a detection counts in ``bwp_drift_detections_total``
 and sets the "retrain requested" flag in Redis through :class:`stream.lifecycle.drift.RetrainFlag`.
 
+For v2 decisions the h = 1 quantiles are scored too: ``bwp_live_quantile_below_total``
+over ``bwp_live_quantile_scored_total`` is the live coverage per profile and quantile
+(nominal: 0.1, 0.5, 0.9).
+
 Memory is bounded: at most ``max_links`` pending forecasts, least recently updated link
 evicted first. Pending forecasts live in this process only, so after a rebalance (or a
 restart) the first state of a link that moved here is not scored: its forecast was made
@@ -40,6 +44,8 @@ log = logging.getLogger("bwp.live")
 #: Pending forecasts kept (one per link); a fleet larger than this loses scores for the
 #: least recently seen links, never memory.
 MAX_LINKS = 200_000
+#: Quantile labels of the decisions schema v2's p10, p50, p90.
+QUANTILE_LABELS = ("0.1", "0.5", "0.9")
 
 
 class LiveScorer:
@@ -65,7 +71,7 @@ class LiveScorer:
         self.max_links = max_links
         self.floor = floor
         self.clip = clip
-        # link -> [newest seq seen with a decision, profile, forecast, last value, scored?]
+        # link -> [newest seq seen with a decision, profile, forecast, last value, scored?, h=1 (p10, p50, p90) or None]
         self._pending: OrderedDict[str, list[Any]] = OrderedDict()
         self.scored = 0
         self.evicted = 0
@@ -99,7 +105,7 @@ class LiveScorer:
         """Score pending forecasts whose next state is in ``records``; remember the new ones."""
         dec = {(d.link_id, d.seq): d for d in decisions} if decisions else {}
         pending = self._pending
-        # profile -> ([forecast], [last value], [actual]) of the steps scored in this batch
+        # profile -> ([forecast], [last value], [actual], [(p10, p50, p90, actual)]) of the steps scored in this batch
         steps: dict[str, tuple[list[float], list[float], list[float]]] = {}
         for r in records:
             lid = r.link_id
@@ -109,22 +115,35 @@ class LiveScorer:
                 if r.seq == p[0] + 1:
                     st = steps.get(p[1])
                     if st is None:
-                        st = steps[p[1]] = ([], [], [])
+                        st = steps[p[1]] = ([], [], [], [])
                     st[0].append(p[2])
                     st[1].append(p[3])
                     st[2].append(r.bandwidth_mbps)
+                    if p[5] is not None:
+                        st[3].append((*p[5], r.bandwidth_mbps))
             if not dec:
                 continue
             d = dec.pop((lid, r.seq), None)
             if d is None or (p is not None and d.seq <= p[0]):
                 continue  # no decision, or a redelivered one: its step was handled already
-            pending[lid] = [d.seq, d.profile or "unknown", d.predicted_bandwidth_mbps, r.bandwidth_mbps, False]
+            fc = getattr(d, "forecast", None)  # v2: ((h, p10, p50, p90), ...) sorted by h, h = 1 first
+            q1 = fc[0][1:] if fc and fc[0][0] == 1 else None
+            pending[lid] = [d.seq, d.profile or "unknown", d.predicted_bandwidth_mbps, r.bandwidth_mbps, False, q1]
             pending.move_to_end(lid)
             if len(pending) > self.max_links:
                 pending.popitem(last=False)
                 self.evicted += 1
-        for profile, (f, lv, a) in steps.items():
+        for profile, (f, lv, a, qa) in steps.items():
             self._score(profile, np.array(f), np.array(lv), np.array(a))
+            if qa:
+                self._coverage(profile, np.array(qa))
+
+    def _coverage(self, profile: str, qa: np.ndarray) -> None:
+        """Count h = 1 quantile hits: ``qa`` is (n, 4) = p10, p50, p90, actual."""
+        m = self.metrics
+        m.live_quantile_scored.labels(profile, "1").inc(len(qa))
+        for k, q in enumerate(QUANTILE_LABELS):
+            m.live_quantile_below.labels(profile, "1", q).inc(int((qa[:, 3] <= qa[:, k]).sum()))
 
     def __call__(self, records: Sequence[Any], out: Any) -> None:
         """``PipelineCore`` observer: never lets a scoring bug stop the pipeline."""

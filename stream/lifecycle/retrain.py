@@ -71,8 +71,54 @@ def _mae(metrics: dict[str, Any], name: str) -> float:
         return math.nan
 
 
+#: Horizons the gate compares a quantile candidate on (mean pinball loss of the served forecast).
+GATE_HORIZONS = ("1", "10")
+
+
+def _pinballs(metrics: dict[str, Any] | None) -> dict[str, dict[str, float]] | None:
+    """Horizon -> predictor -> mean pinball of a quantile model's report (None for a point model)."""
+    if not metrics or "horizons" not in metrics:
+        return None
+    try:
+        return {h: {k: float(v["pinball"]) for k, v in metrics["horizons"][h]["predictors"].items()}
+                for h in GATE_HORIZONS}  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def decide_quantile(
+    cand: dict[str, dict[str, float]], current: dict[str, dict[str, float]] | None, margin: float
+) -> GateVerdict:
+    """The gate of a quantile candidate: for h = 1 and 10, its served mean pinball loss must be
+    finite, at most every naive forecaster's (no margin: the fallback serves one of them where
+    the model does not win) and ``<= (1 - margin)`` times the current quantile model's."""
+    losing = []
+    for h in GATE_HORIZONS:
+        c = cand[h].get("served", math.nan)
+        if not math.isfinite(c):
+            return GateVerdict(False, f"candidate pinball at h={h} is not a number ({c}); nothing was scored")
+        for name in ("last_value", "ewma", "moving_average"):
+            ref = cand[h].get(name, math.nan)
+            if math.isfinite(ref) and not c <= ref:
+                losing.append(f"{name} at h={h} ({c:.4g} > {ref:.4g})")
+        if current is not None:
+            ref = current[h].get("served", math.nan)
+            if not math.isfinite(ref):
+                return GateVerdict(False, f"the current model's pinball at h={h} is not a number; refusing to compare")
+            if not c <= (1.0 - margin) * ref:
+                losing.append(f"current model at h={h} ({c:.4g} vs {ref:.4g}, margin {margin:.1%})")
+    if losing:
+        return GateVerdict(False, "candidate pinball loss does not beat " + "; ".join(losing))
+    vs = "the current model and every naive forecaster" if current is not None else "every naive forecaster"
+    return GateVerdict(True, f"candidate pinball loss at h=1 and h=10 beats {vs}")
+
+
 def decide(candidate_metrics: dict[str, Any], current_metrics: dict[str, Any] | None, margin: float) -> GateVerdict:
     """The promotion gate.
+
+    A quantile candidate (its report has ``horizons``) goes through :func:`decide_quantile`
+    against a quantile current model; against a point current model (or none) it must beat the
+    naive forecasters' pinball and the current model's MAE. Otherwise (point candidate):
 
     ``candidate_metrics`` / ``current_metrics`` are ``ml.eval.forecast`` reports on the same
     holdout (``{"predictors": {"lstm": {"mae"}, "last_value": {...}, ...}}``); the
@@ -82,6 +128,20 @@ def decide(candidate_metrics: dict[str, Any], current_metrics: dict[str, Any] | 
     """
     if not 0.0 <= margin < 1.0:
         raise ConfigError(f"margin must be in [0, 1), got {margin}")
+    cand_pin = _pinballs(candidate_metrics)
+    if cand_pin is not None:
+        cur_pin = _pinballs(current_metrics)
+        verdict = decide_quantile(cand_pin, cur_pin, margin)
+        if not verdict.promote or current_metrics is None or cur_pin is not None:
+            return verdict
+        cand_mae, cur_mae = _mae(candidate_metrics, "lstm"), _mae(current_metrics, "lstm")
+        if not (math.isfinite(cur_mae) and cand_mae <= (1.0 - margin) * cur_mae):
+            return GateVerdict(
+                False, f"candidate MAE {cand_mae:.4g} does not beat the current point model's {cur_mae:.4g}"
+            )
+        return GateVerdict(
+            True, verdict.reason + f", and the current point model's MAE ({cand_mae:.4g} vs {cur_mae:.4g})"
+        )
     cand = _mae(candidate_metrics, "lstm")
     if not math.isfinite(cand):
         return GateVerdict(False, f"candidate MAE is not a number ({cand}); nothing was scored")

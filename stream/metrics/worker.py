@@ -63,9 +63,12 @@ class WorkerMetrics:
     # live accuracy (stream/live.py): forecast vs the link's next state, per predictor and profile
     live_abs_error: Histogram  # predictor: lstm | last_value, profile
     live_rel_error: Histogram  # predictor, profile
+    live_quantile_scored: Counter  # profile, horizon
+    live_quantile_below: Counter  # profile, horizon, quantile
     drift_detections: Counter  # profile
     gc_pause_seconds: Histogram  # generation
 
+    # Long on purpose: one declaration per metric, the whole container in one place (names, help, labels).
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WorkerMetrics:
         """Register every metric on ``registry`` (a fresh one when None)."""
@@ -132,6 +135,17 @@ class WorkerMetrics:
                 "bwp_live_rel_error",
                 "min(2, |forecast - actual| / max(actual, 0.001 Mbit/s)) of each scored forecast, by predictor "
                 "and profile.", ["predictor", "profile"], buckets=_REL_ERR_BUCKETS, registry=r,
+            ),
+            live_quantile_scored=Counter(
+                "bwp_live_quantile_scored",
+                "Scored quantile forecasts (decisions schema v2, h = 1), by profile and horizon; coverage = "
+                "bwp_live_quantile_below_total / this.", ["profile", "horizon"], registry=r,
+            ),
+            live_quantile_below=Counter(
+                "bwp_live_quantile_below",
+                "Scored quantile forecasts whose actual came out at or below the forecast quantile, by profile, "
+                "horizon and quantile (0.1, 0.5, 0.9; nominal coverage = the quantile).",
+                ["profile", "horizon", "quantile"], registry=r,
             ),
             drift_detections=Counter(
                 "bwp_drift_detections",

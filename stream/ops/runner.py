@@ -20,7 +20,7 @@ from stream.lifecycle.live import attach_live_accuracy
 from stream.lifecycle.reload import attach_reloader
 from stream.metrics.worker import WorkerMetrics
 from stream.pipeline.app import KafkaWorker
-from stream.pipeline.core import PredictorLike
+from stream.pipeline.model import PredictorLike
 
 
 # --- entry points -----------------------------------------------------------------------------

@@ -20,9 +20,10 @@ from stream.pipeline._faust_compat import (
     _patch_fetch_wait,
     committed_offset,
 )
-from stream.pipeline.core import BatchOutput, PipelineCore, PredictorLike
+from stream.pipeline.core import BatchOutput, PipelineCore
 from stream.pipeline.feed import _BULK_FEEDS, BulkFeed
 from stream.pipeline.heap import HeapGuard
+from stream.pipeline.model import PredictorLike
 from stream.pipeline.publisher import Publisher
 from stream.pipeline.redis_window import WindowStore
 from stream.pipeline.window import retry_forever
@@ -84,7 +85,7 @@ class KafkaWorker:
         self.metrics.info.info({"consumer_group": settings.consumer_group, "telemetry_topic": settings.telemetry_topic})
         self.redis = settings.redis_client(asyncio=True)
         self.store = WindowStore(self.redis, settings.key_prefix, settings.window_ttl_s)
-        self.core = PipelineCore(self.store, predictor, self.metrics)
+        self.core = PipelineCore(self.store, predictor, self.metrics, schema_version=settings.decisions_schema_version)
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-produce")
         self.publisher = Publisher(settings, self.metrics, self.io_executor)
         self.app = make_app(settings)

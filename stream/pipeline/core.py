@@ -24,13 +24,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from stream.core.errors import TelemetryDecodeError
-from stream.core.records import N_ACTIONS, Decision, Telemetry, dlq_headers
+from stream.core.records import DECISION_SCHEMA_VERSION, Decision, Telemetry, dlq_headers
 from stream.metrics.worker import WorkerMetrics, observe_many
+from stream.pipeline.model import PredictionLike, PredictorLike, build_decisions, check_prediction
 from stream.pipeline.redis_window import WindowStore
 from stream.pipeline.window import (
     MAX_UNACKED_PER_LINK,
@@ -40,25 +41,6 @@ from stream.pipeline.window import (
 )
 
 log = logging.getLogger("bwp.worker")
-
-
-# --- the model interface ----------------------------------------------------------------------
-class PredictionLike(Protocol):
-    """What a model returns for N windows: forecast, action and reference bandwidth per window."""
-
-    bandwidth_mbps: np.ndarray  # (N,)
-    action: np.ndarray  # (N,) int 0..9
-    reference_bandwidth_mbps: np.ndarray  # (N,)
-
-
-class PredictorLike(Protocol):
-    """What the worker needs from a model (``ml.serving.predictor.Predictor`` implements it)."""
-
-    version: str
-
-    def predict(self, windows: np.ndarray) -> PredictionLike:
-        """(N, WINDOW, 4) raw-unit windows, FEATURES order, oldest row first."""
-        ...
 
 
 # --- Kafka-free core --------------------------------------------------------------------------
@@ -115,8 +97,10 @@ class PipelineCore:
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         backoff_first_s: float = 0.1,
         backoff_cap_s: float = 2.0,
+        schema_version: int = DECISION_SCHEMA_VERSION,
     ) -> None:
         self.store = store
+        self.schema_version = schema_version  # of the published decisions (BWP_DECISIONS_SCHEMA_VERSION)
         self.metrics = metrics or WorkerMetrics.create()
         # One thread: TensorFlow calls stay off the event loop, and never run concurrently.
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-predict")
@@ -293,36 +277,17 @@ class PipelineCore:
         """One batched predict over every owed window, off the event loop; the decisions go to ``out``."""
         t2 = time.perf_counter()
         if owed.records:
-            pred = await self._predict(predictor, owed.windows)
-            now = self.clock_ms()
-            bw = np.asarray(pred.bandwidth_mbps, dtype=np.float64)
-            act = np.asarray(pred.action, dtype=np.int64)
-            ref = np.asarray(pred.reference_bandwidth_mbps, dtype=np.float64)
-            version = predictor.version
-            out.decisions = [
-                Decision.make(r.link_id, r.seq, r.ts_ms, b, a, f, version, now, r.profile)
-                for r, b, a, f in zip(owed.records, bw.tolist(), act.tolist(), ref.tolist())
-            ]
+            pred = await self._predict(predictor, owed.windows, [r.profile for r in owed.records])
+            out.decisions = build_decisions(owed.records, pred, predictor.version, self.clock_ms(), self.schema_version)
         self.metrics.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
 
-    async def _predict(self, predictor: PredictorLike, x: np.ndarray) -> PredictionLike:
+    async def _predict(self, predictor: PredictorLike, x: np.ndarray, profiles: list[str | None]) -> PredictionLike:
         loop = asyncio.get_running_loop()
         n = len(x)
 
         async def call() -> PredictionLike:
-            pred = await loop.run_in_executor(self.executor, predictor.predict, x)
-            # A malformed prediction is a predictor error (retried, counted), not a crash later
-            # in Decision.make / JSON encoding.
-            for name in ("bandwidth_mbps", "action", "reference_bandwidth_mbps"):
-                got = np.shape(getattr(pred, name))
-                if got != (n,):
-                    raise ValueError(f"predictor {predictor.version} returned {name} of shape {got}, expected ({n},)")
-            act = np.asarray(pred.action)
-            if not np.all((act >= 0) & (act < N_ACTIONS)):
-                raise ValueError(f"predictor {predictor.version} returned actions outside 0..{N_ACTIONS - 1}")
-            for name in ("bandwidth_mbps", "reference_bandwidth_mbps"):
-                if not np.all(np.isfinite(np.asarray(getattr(pred, name), dtype=np.float64))):
-                    raise ValueError(f"predictor {predictor.version} returned non-finite {name}")
+            pred = await loop.run_in_executor(self.executor, predictor.predict, x, profiles)
+            check_prediction(pred, n, predictor.version)  # a bad one is retried and counted, not published
             return pred
 
         def on_error(exc: BaseException) -> None:

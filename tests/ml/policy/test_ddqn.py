@@ -91,6 +91,13 @@ def test_config_quick_and_validation() -> None:
         DDQNConfig(gamma=1.5)
     with pytest.raises(ValueError):
         DDQNConfig(batch_size=128, replay_size=64)
+    full = DDQNConfig()
+    assert full.episodes == 2000 and full.time_budget_s == 120.0 and full.patience == 6
+    assert q.time_budget_s is not None and q.time_budget_s < full.time_budget_s
+    assert DDQNConfig.quick(time_budget_s=None).time_budget_s is None  # overrides win over quick's budget
+    for bad in ({"time_budget_s": 0.0}, {"patience": 0}):
+        with pytest.raises(ValueError):
+            DDQNConfig(**bad)
 
 
 @pytest.mark.parametrize("variant", ["mlp", "bn"])
@@ -119,6 +126,62 @@ def test_train_ddqn_smoke(variant: str) -> None:
     assert hist["config"]["variant"] == variant and hist["obs_dim"] == OBS_DIM
     # the returned weights are the best validation checkpoint
     assert hist["best_greedy_reward"] == pytest.approx(max(r["mean_reward"] for r in hist["greedy_eval"]))
+    assert hist["stopped_by"] == "episodes"
+    assert sum(hist["action_histogram"]) == 3 * 30  # the greedy actions on the 3 validation episodes of 30
+    assert isinstance(hist["collapsed"], bool) and hist["env_steps"] >= 6 * 30
+    curve = hist["greedy_eval"]
+    assert all({"episode", "mean_reward", "gradient_steps", "env_steps", "elapsed_s"} <= set(r) for r in curve)
+    assert [r["env_steps"] for r in curve] == sorted(r["env_steps"] for r in curve)
+
+
+def _tiny(**kw) -> DDQNConfig:
+    base = {
+        "episode_len": 20,
+        "n_envs": 2,
+        "replay_size": 256,
+        "batch_size": 16,
+        "learning_starts": 32,
+        "eval_every": 1,
+        "eval_episodes": 2,
+        "patience": None,
+        "time_budget_s": None,
+    }
+    return DDQNConfig(**{**base, **kw})
+
+
+def test_train_ddqn_stops_on_patience() -> None:
+    """lr 0: the network never changes, so no evaluation after learning starts improves."""
+    series = [synthetic_series(100, s) for s in range(2)]
+    _, hist = train_ddqn(series, last_value_forecast, _tiny(episodes=400, lr=0.0, patience=3), seed=1)
+    assert hist["stopped_by"] == "patience" and hist["episodes"] < 400
+    learning = [r for r in hist["greedy_eval"] if r["gradient_steps"] > 0]
+    # the first evaluation after learning starts sets the mark, then `patience` evaluations do not beat it
+    assert len(learning) == 1 + 3
+    assert len({r["mean_reward"] for r in hist["greedy_eval"]}) == 1
+
+
+def test_train_ddqn_stops_on_the_time_budget() -> None:
+    series = [synthetic_series(100, s) for s in range(2)]
+    _, hist = train_ddqn(series, last_value_forecast, _tiny(episodes=100_000, time_budget_s=3.0), seed=2)
+    assert hist["stopped_by"] == "time_budget" and 0 < hist["episodes"] < 100_000
+    assert hist["train_seconds"] < 3.0 + 5.0  # stops within about one vector step plus the final evaluation
+    assert hist["greedy_eval"] and sum(hist["action_histogram"]) == 2 * 20
+
+
+def test_train_ddqn_does_not_collapse_when_the_best_level_varies() -> None:
+    """Bandwidth holds one of four levels (25, 50, 75, 95 % of the peak) for 40 steps: the best action
+    follows the level (20, 50, 70, 90 %), so a constant action is far from optimal."""
+    rng = np.random.default_rng(3)
+    series = []
+    for _ in range(6):
+        bw = np.repeat(rng.choice([25.0, 50.0, 75.0, 95.0], size=6), 40)  # (240,)
+        bw[::10] = 100.0  # one peak in every window sets the reference
+        series.append(np.stack([np.full(240, 10.0), bw, np.zeros(240), np.ones(240)], axis=1))
+    cfg = _tiny(episodes=48, episode_len=60, n_envs=8, learning_starts=200, gamma=0.0, eval_every=8, eval_episodes=6)
+    _, hist = train_ddqn(series, last_value_forecast, cfg, seed=0)
+    assert hist["collapsed"] is False
+    assert sum(c > 0 for c in hist["action_histogram"]) >= 3
+    assert hist["best_greedy_reward"] > hist["baselines"]["best_fixed"] + 0.05
 
 
 def test_train_ddqn_learns_a_simple_rule() -> None:

@@ -19,6 +19,7 @@ from ml.policy.evaluation import (
     series_from_jsonl,
 )
 from ml.policy.observation import last_value_forecast
+from ml.policy.rules import ALPHA_GRID, K_GRID, EwmaRule, QuantileRule, decision_data, tune_ewma_rule
 from stream.core.records import Telemetry
 from tests.helpers.policy import synthetic_series, tiny_registry
 
@@ -74,6 +75,78 @@ def test_evaluate_series_with_an_oracle_like_policy() -> None:
     assert res["decisions"] == 2 * 70
 
 
+def test_evaluate_series_reports_the_rules_and_the_action_histogram() -> None:
+    series = [synthetic_series(80, s) for s in range(3)]
+    rule = EwmaRule(alpha=0.5, k=0.9)
+    qrule = QuantileRule(tau=0.2)
+
+    def qfn(windows: np.ndarray, tau: float) -> np.ndarray:
+        return windows[:, -1, 1] * (0.5 + tau)
+
+    res = evaluate_series(
+        series, last_value_forecast, lambda w, o: np.full(len(w), 4), ewma_rule=rule, quantile_rule=(qrule, qfn)
+    )
+    windows, rewards = decision_data(series)  # the same decisions, concatenated
+    idx = np.arange(len(windows))
+    m = res["mean_reward"]
+    assert m["ewma_rule"] == pytest.approx(rewards[idx, rule.actions(windows)].mean())
+    assert m["quantile_rule"] == pytest.approx(rewards[idx, qrule.actions(windows, qfn)].mean())
+    assert m["ddqn"] == pytest.approx(m["fixed_50"])  # the "policy" always allocates 50 %
+    assert res["normalized_score_ewma_rule"] == pytest.approx(
+        normalized_score(m["ewma_rule"], m["fixed_50"], m["oracle"])
+    )
+    assert res["normalized_score_quantile_rule"] is not None
+    assert res["action_histogram"] == [0, 0, 0, 0, res["decisions"], 0, 0, 0, 0, 0] and res["collapsed"] is True
+    assert sum(res["ewma_rule"]["action_histogram"]) == res["decisions"] == 3 * 70
+    assert res["ewma_rule"]["alpha"] == 0.5 and res["quantile_rule"]["tau"] == 0.2
+    # without a policy and rules: the keys are there, with None
+    bare = evaluate_series(series, last_value_forecast, None)
+    assert bare["action_histogram"] is None and bare["collapsed"] is None and bare["ewma_rule"] is None
+    assert bare["mean_reward"]["ewma_rule"] is None and bare["normalized_score_ewma_rule"] is None
+    assert bare["mean_reward"]["oracle"] == m["oracle"]
+
+
+def test_tuned_ewma_rule_beats_fixed_50_on_heldout_episodes() -> None:
+    from ml.policy.evaluation import heldout_series, tuning_series
+
+    train, label = tuning_series("internet", 0, links=16, steps=400)
+    assert "seed=1" in label
+    rule = tune_ewma_rule(train)
+    res = evaluate_series(heldout_series("internet", 8, 0, 150), last_value_forecast, None, ewma_rule=rule)
+    assert res["mean_reward"]["ewma_rule"] > res["mean_reward"]["fixed_50"]
+    assert res["mean_reward"]["ewma_rule"] > res["mean_reward"]["predict_then_allocate"]
+
+
+def test_cli_rules_from_model_metadata_and_quantile_forecaster() -> None:
+    import argparse
+
+    from stream.cli.policy import _rules
+
+    class FakePredictor:
+        metadata = {
+            "policy": {
+                "ewma_rule": EwmaRule(0.7, 0.85, 0.8).to_json(),
+                "quantile_rule": QuantileRule(0.15, 0.81).to_json(),
+            }
+        }
+
+        def quantile(self, windows: np.ndarray, tau: float) -> np.ndarray:
+            return windows[:, -1, 1] * tau
+
+    notes: list[str] = []
+    args = argparse.Namespace(profile="internet", seed=0)
+    ewma_rule, (qrule, qfn), sources = _rules(args, FakePredictor(), "internet", notes)
+    assert ewma_rule == EwmaRule(0.7, 0.85, 0.8) and qrule == QuantileRule(0.15, 0.81)
+    assert sources == {"ewma_rule": "model metadata", "quantile_rule": "model metadata"} and notes == []
+
+    class NoPolicyMeta(FakePredictor):
+        metadata = {"ewma_alpha": 0.5}
+
+    ewma_rule, (qrule, _), sources = _rules(args, NoPolicyMeta(), "data", notes)  # files: args.profile
+    assert sources["ewma_rule"] == sources["quantile_rule"] and "simulator:internet:seed=1:" in sources["ewma_rule"]
+    assert ewma_rule.alpha in ALPHA_GRID and qrule.tau is not None and len(notes) == 2
+
+
 def test_series_from_jsonl(tmp_path: Path) -> None:
     from stream.core.jsonl import write_jsonl
 
@@ -122,8 +195,22 @@ def test_cli_evaluate_policy_with_qnet_file(tmp_path: Path, capsys: pytest.Captu
         capsys,
     )
     assert out["profile"] == "internet" and out["episodes"] == 2 and out["decisions"] == 60
-    assert set(out["mean_reward"]) == {"ddqn", "fixed_50", "best_fixed", "predict_then_allocate", "oracle"}
-    assert all(-1 <= v <= 1 for v in out["mean_reward"].values())
+    assert set(out["mean_reward"]) == {
+        "ddqn",
+        "fixed_50",
+        "best_fixed",
+        "predict_then_allocate",
+        "oracle",
+        "ewma_rule",
+        "quantile_rule",
+    }
+    assert out["mean_reward"]["quantile_rule"] is None and out["quantile_rule"] is None  # no quantile forecaster
+    assert all(-1 <= v <= 1 for v in out["mean_reward"].values() if v is not None)
+    # no model metadata: the EWMA rule is tuned on the training-seed links, never on the evaluated ones
+    assert out["ewma_rule"]["tuned_on"].startswith("simulator:internet:seed=3001:")
+    assert out["ewma_rule"]["alpha"] in ALPHA_GRID and out["ewma_rule"]["k"] in K_GRID
+    assert any("tuned on" in n for n in out["notes"]) and any("quantile_rule: omitted" in n for n in out["notes"])
+    assert sum(out["action_histogram"]) == out["decisions"] == sum(out["ewma_rule"]["action_histogram"])
     m = out["mean_reward"]
     assert out["normalized_score"] == pytest.approx((m["ddqn"] - m["fixed_50"]) / (m["oracle"] - m["fixed_50"]))
     assert out["forecaster"] == "last_value" and out["source"]["simulator_seed"] == heldout_seed(3)

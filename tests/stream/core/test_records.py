@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 
 from stream.core.errors import TelemetryDecodeError
 from stream.core.records import FEATURES, MAX_RECORD_BYTES, Decision, Telemetry, dlq_headers
-from stream.core.schemas import load_schema
+from stream.core.schemas import decisions_schema, load_schema
 
 TELEMETRY_SCHEMA = load_schema("telemetry")
-DECISIONS_SCHEMA = load_schema("decisions")
 DLQ_SCHEMA = load_schema("dlq")
 
 link_ids = st.from_regex(r"[A-Za-z0-9._:-]{1,128}", fullmatch=True)
@@ -50,12 +49,15 @@ def test_telemetry_round_trip_and_schema(t: Telemetry) -> None:
     ref=st.floats(0, 1e6, allow_nan=False),
 )
 def test_decision_round_trip_and_schema(link_id: str, seq: int, action: int, pred: float, ref: float) -> None:
-    d = Decision.make(link_id, seq, 1, pred, action, ref, "v1", 2, profile="internet")
-    assert d.allocation_pct == (action + 1) * 10
-    assert math.isclose(d.allocated_bandwidth_mbps, ref * d.allocation_pct / 100)
-    raw = d.to_bytes()
-    jsonschema.validate(json.loads(raw), DECISIONS_SCHEMA)
-    assert Decision.from_bytes(raw) == d
+    for version in (1, 2):  # v1 on request, v2 by default (the degenerate form when no quantiles are given)
+        kw = {"schema_version": 1} if version == 1 else {}
+        d = Decision.make(link_id, seq, 1, pred, action, ref, "v1", 2, profile="internet", **kw)
+        assert d.schema_version == version
+        assert d.allocation_pct == (action + 1) * 10
+        assert math.isclose(d.allocated_bandwidth_mbps, ref * d.allocation_pct / 100)
+        raw = d.to_bytes()
+        jsonschema.validate(json.loads(raw), decisions_schema(version))
+        assert Decision.from_bytes(raw) == d
 
 
 GOOD = {

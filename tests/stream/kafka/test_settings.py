@@ -29,6 +29,7 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
     return {
         "kafka_bootstrap": (sec["BWP_KAFKA_BOOTSTRAP"], sec["BWP_KAFKA_BOOTSTRAP"]),
         "telemetry_topic": ("x.tel", "x.tel"),
+        "decisions_schema_version": ("1", 1),
         "decisions_topic": ("x.dec", "x.dec"),
         "dlq_topic": ("x.dlq", "x.dlq"),
         "partitions": ("12", 12),

@@ -49,7 +49,7 @@ class AffinePredictor:
         bw = window[:, :, 1]
         return 0.7 * bw[:, -1] + 0.3 * bw.mean(axis=1)
 
-    def predict(self, windows: np.ndarray) -> _Pred:
+    def predict(self, windows: np.ndarray, profiles=None) -> _Pred:
         self.calls += 1
         f = self.forecast(windows)
         if self.bad_after_calls is not None and self.calls > self.bad_after_calls:

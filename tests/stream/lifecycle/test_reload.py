@@ -167,7 +167,7 @@ class SlowEcho:
         self.version = version
         self.delay_s = delay_s
 
-    def predict(self, windows: np.ndarray) -> _P:
+    def predict(self, windows: np.ndarray, profiles=None) -> _P:
         time.sleep(self.delay_s)
         n = len(windows)
         return _P(windows[:, -1, 1].copy(), np.zeros(n, np.int64), windows[:, :, 1].max(axis=1))
@@ -207,7 +207,7 @@ def test_smoke_check_refuses_a_predictor_that_returns_nan() -> None:
     from stream.lifecycle.reload import smoke_check
 
     class NaNModel(SlowEcho):
-        def predict(self, windows: np.ndarray) -> _P:
+        def predict(self, windows: np.ndarray, profiles=None) -> _P:
             p = super().predict(windows)
             p.bandwidth_mbps[:] = np.nan
             return p

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,7 +116,7 @@ class FlakyPredictor(LastValuePredictor):
         super().__init__()
         self.fail = n
 
-    def predict(self, windows: np.ndarray) -> StandInPrediction:
+    def predict(self, windows: np.ndarray, profiles=None) -> StandInPrediction:
         if self.fail:
             self.fail -= 1
             raise RuntimeError("injected predictor failure")
@@ -157,7 +156,7 @@ def test_core_retries_a_predictor_returning_malformed_predictions(bwp_settings, 
     class Broken(LastValuePredictor):
         version = "test-broken"
 
-        def predict(self, windows):
+        def predict(self, windows, profiles=None):
             p = super().predict(windows)
             if defect == "short":
                 return StandInPrediction(p.bandwidth_mbps[:1], p.action, p.reference_bandwidth_mbps)
@@ -184,7 +183,7 @@ def test_decision_payloads_are_schema_valid(bwp_settings):
 
     import stream.core.schemas
 
-    schema = json.loads((Path(stream.core.schemas.__file__).parent / "decisions.schema.json").read_text())
+    schema = stream.core.schemas.decisions_schema(2)  # the worker's default
 
     async def go(core):
         return await core.process(in_records([make_record(5, s, profile=None) for s in range(WINDOW + 1)]))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +17,7 @@ from tests.helpers.pipeline import TopicReader, WorkerProcess, decision_keys, fl
 
 pytestmark = pytest.mark.integration
 
-SCHEMA = json.loads((Path(stream.core.schemas.__file__).parent / "decisions.schema.json").read_text())
+SCHEMA = stream.core.schemas.decisions_schema(2)  # the worker's default (BWP_DECISIONS_SCHEMA_VERSION)
 
 
 def _expect(links: int, steps: int, start: int = 0) -> set[tuple[str, int]]:

@@ -1,0 +1,135 @@
+"""The serving graph of a quantile model: calibration, fallback and policy choice in one function.
+
+Per window (profile group ``g``, see :class:`ml.forecast.calibration.ForecastSpec`):
+
+1. the quantile LSTM's ratio-space output (N, H, Q), shifted by the split-conformal
+   offsets of ``g`` and made non-decreasing along Q (running maximum);
+2. the naive probabilistic forecasters (last value, EWMA with one alpha per horizon,
+   moving average) with the offsets of ``g`` plus their own split-conformal shifts, also
+   made non-decreasing;
+3. per horizon the source chosen for ``g`` at training (one-hot, so no branch);
+4. back to Mbit/s; the served ``h = 1`` median is ``predicted_bandwidth_mbps`` and the
+   DDQN's forecast feature;
+5. the action of the policy chosen for ``g`` at training: the DDQN, the EWMA rule or the
+   quantile rule (:mod:`ml.policy.rules`), all three computed, one selected.
+
+The numpy specification is :meth:`ForecastSpec.served_ratio`, :func:`ml.policy.rules.ewma_rule_actions`
+and :func:`ml.policy.rules.quantile_rule_actions`; tests compare this graph with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ml.forecast.calibration import SOURCES, ForecastSpec
+from ml.forecast.features import _ABS_EPS, _REL_EPS, Preprocessor
+from ml.forecast.naive import NAIVE
+from ml.forecast.quantiles import Z_CLIP
+from ml.serving.graph import graph_parts
+from ml.smoothing import ewma_weights
+from stream.core.records import N_ACTIONS
+
+#: Policies a quantile model can serve, in the order of the graph's policy index.
+POLICIES: tuple[str, ...] = ("ddqn", "ewma_rule", "quantile_rule")
+
+
+def tau_weights(quantiles: Sequence[float], tau: float) -> tuple[int, float]:
+    """(k, w): quantile ``tau`` = z_k + w (z_{k+1} - z_k), as :func:`ml.forecast.quantiles.interpolate_tau`."""
+    t = np.asarray(quantiles, dtype=np.float64)
+    k = int(np.clip(np.searchsorted(t, tau) - 1, 0, len(t) - 2))
+    return k, float((tau - t[k]) / (t[k + 1] - t[k]))
+
+
+def spec_arrays(spec: ForecastSpec, policies: dict[str, str]) -> dict[str, np.ndarray]:
+    """The per-group constants of the graph, indexed like ``spec.groups()``: shifts (G, H, Q),
+    naive serving offsets (G, 3, H, Q), source one-hot (G, H, S), EWMA weights per horizon
+    (10, H) and the policy index (G,)."""
+    groups = spec.groups()
+    return {
+        "shifts": np.stack([spec.shifts[g] for g in groups]),
+        "offsets": np.stack([np.stack([spec.serving_offsets(g, n) for n in NAIVE]) for g in groups]),
+        "onehot": np.stack([np.eye(len(SOURCES))[[SOURCES.index(s) for s in spec.sources[g]]] for g in groups]),
+        "ew": np.stack([ewma_weights(a) for a in spec.naive.alphas], axis=1),
+        "pol": np.array([POLICIES.index(policies.get(g, policies["*"])) for g in groups], dtype=np.int32),
+    }
+
+
+def quantile_serving_function(
+    preprocessor: Preprocessor,
+    lstm: Any,
+    qnet: Any,
+    spec: ForecastSpec,
+    policies: dict[str, str],
+    ewma_rule: tuple[float, float],
+    quantile_tau: float,
+) -> Callable[[Any, Any], tuple[Any, ...]]:
+    """``serve(windows (N, 10, 4) float64, group (N,) int32)`` -> (forecast (N,), action (N,) int32,
+    reference (N,), quantiles Mbit/s (N, H, Q), source index into SOURCES (N,) int32, policy index
+    into POLICIES (N,) int32). ``group`` indexes ``spec.groups()``; ``policies`` maps a group to
+    its policy (missing groups take the ``"*"`` entry)."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    f64 = tf.float64
+    n_h, n_q = len(spec.horizons), len(spec.quantiles)
+    mid = n_q // 2
+    c = {k: tf.constant(v, tf.int32 if k == "pol" else f64) for k, v in spec_arrays(spec, policies).items()}
+    shifts, offsets, onehot, ew, pol = c["shifts"], c["offsets"], c["onehot"], c["ew"], c["pol"]
+    rule_w = tf.constant(ewma_weights(ewma_rule[0]), f64)  # (10,)
+    rule_k = float(ewma_rule[1])
+    tk, tw = tau_weights(spec.quantiles, quantile_tau)
+    transform, observe = graph_parts(preprocessor)
+
+    def snap(alloc: Any, ref: Any) -> Any:
+        """ml.policy.observation.snap_down."""
+        share = tf.where(ref > 0, alloc / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.ones_like(ref))
+        a = tf.cast(tf.floor(share * N_ACTIONS + 1e-9), tf.int32) - 1
+        return tf.clip_by_value(a, 0, N_ACTIONS - 1)
+
+    def running_max(v: Any) -> Any:
+        """np.maximum.accumulate along the last (quantile) axis: calibrated quantiles never cross."""
+        cols = [v[..., 0]]
+        for j in range(1, n_q):
+            cols.append(tf.maximum(cols[-1], v[..., j]))
+        return tf.stack(cols, axis=-1)
+
+    def serve(w: Any, group: Any) -> tuple[Any, ...]:
+        w, bw, x, x_lat, _, _ = transform(w)
+        last = bw[:, -1]  # (N,): the ratio space is relative to the last sample
+        eps = _REL_EPS * tf.reduce_mean(bw, axis=1) + _ABS_EPS
+        # --- 1. calibrated model, (N, H, Q) ratio space
+        z = tf.reshape(tf.cast(lstm(x, training=False), f64), [-1, n_h, n_q]) + tf.gather(shifts, group)
+        z_lstm = running_max(z)
+        # --- 2. naive forecasters: points (N, 3, H) -> ratio quantiles (N, 3, H, Q)
+        lv = tf.repeat(last[:, None], n_h, axis=1)
+        ma = tf.repeat(tf.reduce_mean(bw, axis=1)[:, None], n_h, axis=1)
+        points = tf.stack([lv, tf.matmul(bw, ew), ma], axis=1)
+        e3 = eps[:, None, None]
+        z_points = tf.math.log((tf.maximum(points, 0.0) + e3) / (last[:, None, None] + e3))
+        z_naive = running_max(z_points[:, :, :, None] + tf.gather(offsets, group))
+        # --- 3. per-horizon source, (N, H, Q)
+        cands = tf.concat([z_lstm[:, None], z_naive], axis=1)  # (N, S, H, Q)
+        sel = tf.gather(onehot, group)  # (N, H, S)
+        z_served = tf.einsum("nshq,nhs->nhq", cands, sel)
+        # --- 4. Mbit/s
+        e4 = eps[:, None, None]
+        q = tf.maximum(tf.exp(tf.clip_by_value(z_served, -Z_CLIP, Z_CLIP)) * (last[:, None, None] + e4) - e4, 0.0)
+        forecast = q[:, 0, mid]
+        # --- 5. the three policies, one chosen per group
+        obs, ref = observe(w, bw, x_lat, forecast)
+        a_ddqn = tf.clip_by_value(tf.argmax(qnet(obs, training=False), axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
+        a_ewma = snap(rule_k * tf.linalg.matvec(bw, rule_w), ref)
+        z1 = z_served[:, 0]
+        z_tau = z1[:, tk] + tw * (z1[:, tk + 1] - z1[:, tk])
+        if quantile_tau < spec.quantiles[0]:
+            z_tau = tf.minimum(z_tau, z1[:, 0])
+        q_tau = tf.maximum(tf.exp(tf.clip_by_value(z_tau, -Z_CLIP, Z_CLIP)) * (last + eps) - eps, 0.0)
+        a_quant = snap(q_tau, ref)
+        p = tf.gather(pol, group)
+        action = tf.where(p == 0, a_ddqn, tf.where(p == 1, a_ewma, a_quant))
+        source = tf.argmax(sel[:, 0], axis=1, output_type=tf.int32)
+        return forecast, action, ref, q, source, p
+
+    return serve

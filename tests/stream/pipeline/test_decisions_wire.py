@@ -1,0 +1,107 @@
+"""Decisions schema v1/v2 from the core: what a quantile model adds, and what a point model gives."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import pytest
+
+from stream.core.records import WINDOW, Decision, Telemetry
+from stream.core.schemas import decisions_schema
+from stream.pipeline.model import build_decisions, check_prediction
+from tests.helpers.pipeline import LastValuePredictor, make_record
+from tests.helpers.pipeline_core import in_records, run_core
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+@dataclass
+class _QPred:
+    bandwidth_mbps: np.ndarray
+    action: np.ndarray
+    reference_bandwidth_mbps: np.ndarray
+    wire_quantiles: np.ndarray
+    horizons: tuple[int, ...]
+    forecast_source: np.ndarray
+    policy: np.ndarray
+
+
+class _QuantileStandIn:
+    """Quantiles around the last value: p10 = 0.8 x, p50 = x, p90 = 1.25 x, for h = 1, 10, 60."""
+
+    version = "quantile-stand-in"
+
+    def __init__(self) -> None:
+        self.profiles_seen: list = []
+
+    def predict(self, windows: np.ndarray, profiles=None) -> _QPred:
+        self.profiles_seen.append(list(profiles or []))
+        last = np.maximum(windows[:, -1, 1], 0.0)
+        q = np.stack([last * 0.8, last, last * 1.25], axis=1)[:, None, :].repeat(3, axis=1)  # (N, 3, 3)
+        n = len(windows)
+        return _QPred(
+            last, np.full(n, 4), windows[:, :, 1].max(axis=1), q, (1, 10, 60),
+            np.array(["ewma"] * n, dtype=object), np.array(["ewma_rule"] * n, dtype=object),
+        )  # fmt: skip
+
+
+def _decide(settings, predictor, **kw):
+    async def go(core):
+        return await core.process(in_records([make_record(3, s, profile="internet") for s in range(WINDOW + 2)]))
+
+    return run_core(settings, go, predictor, **kw).decisions
+
+
+def test_quantile_model_decisions_are_v2_with_its_forecast(bwp_settings):
+    pred = _QuantileStandIn()
+    out = _decide(bwp_settings, pred)
+    assert len(out) == 3 and pred.profiles_seen[-1] == ["internet"] * 3  # the core passes each record's profile
+    for d in out:
+        obj = orjson.loads(d.to_bytes())
+        jsonschema.validate(obj, decisions_schema(2))
+        assert set(obj["forecast"]) == {"1", "10", "60"}
+        f1 = obj["forecast"]["1"]
+        assert f1["p50"] == pytest.approx(obj["predicted_bandwidth_mbps"])
+        assert obj["safe_bandwidth_mbps"] == f1["p10"] == pytest.approx(0.8 * f1["p50"])
+        assert (obj["forecast_source"], obj["policy"]) == ("ewma", "ewma_rule")
+        assert Decision.from_bytes(d.to_bytes()) == d
+
+
+def test_v1_setting_publishes_v1_records(bwp_settings):
+    for predictor in (_QuantileStandIn(), LastValuePredictor()):
+        for d in _decide(bwp_settings, predictor, schema_version=1):
+            obj = orjson.loads(d.to_bytes())
+            jsonschema.validate(obj, decisions_schema(1))
+            assert obj["schema_version"] == 1 and "forecast" not in obj
+
+
+def test_point_model_gives_the_degenerate_v2_form(bwp_settings):
+    for d in _decide(bwp_settings, LastValuePredictor()):
+        obj = orjson.loads(d.to_bytes())
+        jsonschema.validate(obj, decisions_schema(2))
+        p = obj["predicted_bandwidth_mbps"]
+        assert obj["forecast"] == {"1": {"p10": p, "p50": p, "p90": p}} and obj["safe_bandwidth_mbps"] == p
+
+
+def test_crossing_or_misshapen_quantiles_are_a_predictor_error():
+    w = np.ones((2, WINDOW, 4))
+    good = _QuantileStandIn().predict(w)
+    check_prediction(good, 2, "v")
+    crossed = _QuantileStandIn().predict(w)
+    crossed.wire_quantiles = crossed.wire_quantiles[:, :, ::-1].copy()
+    with pytest.raises(ValueError, match="non-decreasing"):
+        check_prediction(crossed, 2, "v")
+    short = _QuantileStandIn().predict(w)
+    short.wire_quantiles = short.wire_quantiles[:, :2]
+    with pytest.raises(ValueError, match="wire_quantiles of shape"):
+        check_prediction(short, 2, "v")
+
+
+def test_build_decisions_keeps_record_order():
+    recs = [Telemetry(f"l{i}", i, i, 1, 10.0 + i, 0, 1) for i in range(3)]
+    pred = _QuantileStandIn().predict(np.stack([np.full((WINDOW, 4), 10.0 + i) for i in range(3)]))
+    out = build_decisions(recs, pred, "v", 5, 2)
+    assert [(d.link_id, d.seq) for d in out] == [("l0", 0), ("l1", 1), ("l2", 2)]
+    assert [d.predicted_bandwidth_mbps for d in out] == [10.0, 11.0, 12.0]
