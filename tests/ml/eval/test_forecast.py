@@ -118,6 +118,16 @@ def test_evaluate_traces_quick_on_one_dataset(traces_root):
     steps = {ls.link_id: ls.steps for ls in trace_links("5gophers-umn", traces_root)}
     assert rep["traces"]["test"] == len(rep["test_traces"]) > 0
     assert rep["n"] == sum(steps[t] - 10 for t in rep["test_traces"])  # every state after the first window
-    assert set(rep["predictors"]) == set(PREDICTORS)
+    assert set(rep["predictors"]) == set(PREDICTORS) | {"served"}  # h = 1 point block, as before
     assert np.isfinite(rep["predictors"]["lstm"]["mae"]) and rep["best_baseline"] in PREDICTORS[1:]
     assert "5gophers-umn" in format_traces(res)
+    # the probabilistic blocks: every horizon, every predictor, scores in range
+    assert set(rep["horizons"]) == {"1", "10", "60"}
+    h1 = rep["horizons"]["1"]
+    assert h1["n"] == rep["n"]  # h = 1 scores the same states as the point block
+    assert set(h1["predictors"]) == {"lstm", "served", "last_value", "ewma", "moving_average"}
+    for m in h1["predictors"].values():
+        assert m["pinball"] > 0 and m["wis"] > 0 and 0 <= m["coverage"]["0.1"] <= m["coverage"]["0.9"] <= 1
+    assert h1["predictors"]["served"]["mae"] == pytest.approx(rep["predictors"]["served"]["mae"])
+    assert rep["horizons"]["60"]["n"] < rep["horizons"]["10"]["n"] <= rep["n"]  # long horizons need the future
+    assert abs(sum(rep["forecast_sources"]["1"].values()) - 1.0) < 1e-3
