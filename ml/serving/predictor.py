@@ -136,6 +136,11 @@ class Predictor:
         return self._lstm
 
     @property
+    def qnet(self) -> Any:
+        """The loaded Keras Q-network (for evaluation code that scores it outside the serving graph)."""
+        return self._qnet
+
+    @property
     def max_chunk(self) -> int:
         """Largest batch (windows) one compiled call takes; larger batches are served in chunks."""
         return XLA_CHUNK if self.xla else BUCKETS[-1]

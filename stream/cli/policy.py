@@ -153,6 +153,7 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         evaluate_series,
         heldout_seed,
         heldout_series,
+        qnet_policy,
         series_from_jsonl,
     )
 
@@ -175,6 +176,14 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
     res = evaluate_series(series, forecaster, policy, ewma_rule=ewma_rule, quantile_rule=quantile_rule)
     for key, src in rule_sources.items():
         res[key]["tuned_on"] = src
+    serving = (getattr(pred, "metadata", None) or {}).get("policy", {}).get("serving") if pred is not None else None
+    qnet_alone = None
+    if serving and set(serving.values()) != {"ddqn"} and not args.qnet:
+        # "ddqn" above scores the serving path, which follows ``serving``; the Q-network alone, for comparison
+        qnet_alone = evaluate_series(series, forecaster, qnet_policy(pred.qnet))["mean_reward"]["ddqn"]
+        notes.append(f"ddqn: scores the serving path, whose policy per profile is {serving}; "
+                     f"qnet_alone scores the Q-network by itself")  # fmt: skip
+        print(f"bwp evaluate-policy: {notes[-1]}", file=sys.stderr)
     out = {
         "profile": profile,
         "episodes": res["episodes"],
@@ -191,6 +200,8 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         "collapsed": res["collapsed"],
         "ewma_rule": res["ewma_rule"],
         "quantile_rule": res["quantile_rule"],
+        "serving_policy": serving,
+        "qnet_alone_mean_reward": qnet_alone,
         "notes": notes,
         "model": model_label,
         "forecaster": fc_label,
