@@ -103,6 +103,7 @@ def _evaluate_dataset(
     if prob is not None:
         rep["horizons"] = prob["horizons"]
         rep["forecast_sources"] = prob["forecast_sources"]
+        rep["quantiles"] = prob["quantiles"]
         rep["summary"] = summary(prob)
     rep["seconds"] = round(time.monotonic() - t0, 1)
     p = rep["predictors"]
@@ -189,7 +190,7 @@ def format_traces(res: dict[str, Any]) -> str:
         tr = rep["traces"]
         parts.append(format_table(rep, f"== {name}: train {tr['train']} / val {tr['val']} / test {tr['test']} traces"))
         if "horizons" in rep:
-            parts[-1] += "\n" + format_prob({**rep, "quantiles": _quantiles_of(rep)})
+            parts[-1] += "\n" + format_prob(rep)
         if "pooled_lstm" in rep:
             m = rep["pooled_lstm"]
             parts[-1] += (
@@ -198,10 +199,3 @@ def format_traces(res: dict[str, Any]) -> str:
                 f"\n  pooled LSTM MAE / best baseline MAE = {rep['pooled_lstm_mae_over_best_baseline']:.3f}"
             )
     return "\n\n".join(parts)
-
-
-def _quantiles_of(rep: dict[str, Any]) -> list[float]:
-    """The quantile levels of a report's coverage keys (first horizon, first predictor)."""
-    first = next(iter(rep["horizons"].values()))["predictors"]
-    cov = next(iter(first.values()))["coverage"]
-    return [float(k) for k in cov if k != "interval"]

@@ -159,8 +159,7 @@ def fit_spec(
     the naive forecasters only (a point-head or missing model)."""
     spec = ForecastSpec(naive.horizons, naive.quantiles, naive)
     y = np.asarray(targets, dtype=np.float64)
-    zy = to_ratio(windows, np.where(np.isfinite(y), y, 0.0))
-    zy = np.where(np.isfinite(y), zy, np.nan)
+    zy = to_ratio(windows, y)  # (N, H); NaN targets stay NaN
     prof = np.asarray(list(profiles), dtype=object)
     for g, rows in fit_groups(prof, y):
         spec.shifts[g] = conformal_shifts(zy[rows], z_model[rows], spec.quantiles)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ml.forecast.baselines import ALPHA_GRID, ewma, last_value, moving_average
-from ml.forecast.quantiles import level_eps
+from ml.forecast.quantiles import to_ratio
 
 NAIVE: tuple[str, ...] = ("last_value", "ewma", "moving_average")
 ALL_GROUPS = "*"
@@ -40,12 +40,6 @@ def naive_points(windows: np.ndarray, alphas: Sequence[float]) -> dict[str, np.n
         "ewma": np.stack([ewma(windows, a) for a in alphas], axis=1) if len(windows) else np.zeros((0, n_h)),
         "moving_average": np.repeat(ma[:, None], n_h, axis=1),
     }
-
-
-def point_ratio(windows: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Point forecasts (N, H) in Mbit/s -> the ratio space (N, H)."""
-    level, e = level_eps(windows)
-    return np.log((np.maximum(points, 0.0) + e[:, None]) / (level[:, None] + e[:, None]))
 
 
 def group_of(profiles: Sequence[Any] | np.ndarray, groups: Sequence[str]) -> np.ndarray:
@@ -93,16 +87,15 @@ class NaiveQuantiles:
             maes = [float(np.abs(ewma(windows[ok], a) - y[ok, k]).mean()) if ok.any() else 0.0 for a in ALPHA_GRID]
             alphas.append(float(ALPHA_GRID[int(np.argmin(maes))]))
         out = cls(tuple(horizons), tuple(quantiles), alphas)
-        level, e = level_eps(windows)
-        zy = np.log((np.maximum(y, 0.0) + e[:, None]) / (level[:, None] + e[:, None]))  # (N, H)
-        zb = {name: point_ratio(windows, p) for name, p in naive_points(windows, alphas).items()}
+        zy = to_ratio(windows, y)  # (N, H); NaN targets stay NaN
+        zb = {name: to_ratio(windows, p) for name, p in naive_points(windows, alphas).items()}
         for g, rows in fit_groups(profiles, y):
             out.offsets[g] = {name: _offsets(zy[rows] - zb[name][rows], out.quantiles) for name in NAIVE}
         return out
 
     def predict_ratio(self, windows: np.ndarray, profiles: Sequence[Any] | np.ndarray) -> dict[str, np.ndarray]:
         """Quantile forecasts (N, H, Q) in the ratio space, per naive forecaster."""
-        zb = {name: point_ratio(windows, p) for name, p in naive_points(windows, self.alphas).items()}
+        zb = {name: to_ratio(windows, p) for name, p in naive_points(windows, self.alphas).items()}
         g = group_of(profiles, list(self.offsets))
         out = {}
         for name in NAIVE:

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ml.forecast.features import _ABS_EPS, _REL_EPS
-from stream.core.records import BW, WINDOW
+from ml.forecast.features import _eps, window_level
+from stream.core.records import WINDOW
 
 HORIZONS: tuple[int, ...] = (1, 10, 60)
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
@@ -75,8 +75,7 @@ def horizon_targets(series_bw: np.ndarray, horizons: Sequence[int], window: int 
 
 def level_eps(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(last bandwidth, epsilon) of each window, (N,) each, as ``relative_last`` uses them."""
-    bw = np.maximum(np.asarray(windows, dtype=np.float64)[:, :, BW], 0.0)
-    return bw[:, -1], _REL_EPS * bw.mean(axis=1) + _ABS_EPS
+    return np.maximum(window_level(windows, "relative_last"), 0.0), _eps(windows)
 
 
 def to_ratio(windows: np.ndarray, values_mbps: np.ndarray) -> np.ndarray:
@@ -138,14 +137,26 @@ def coverage(y: np.ndarray, q: np.ndarray, taus: Sequence[float]) -> dict[str, f
     return out
 
 
+def tau_weights(taus: Sequence[float], tau: float) -> tuple[int, float]:
+    """(k, w): quantile ``tau`` = z_k + w (z_{k+1} - z_k) between the forecast quantiles ``taus``
+    (w < 0 or > 1: extrapolated along the nearest segment)."""
+    t = np.asarray(taus, dtype=np.float64)
+    k = int(np.clip(np.searchsorted(t, tau) - 1, 0, len(t) - 2))
+    return k, float((tau - t[k]) / (t[k + 1] - t[k]))
+
+
 def interpolate_tau(z: np.ndarray, taus: Sequence[float], tau: float) -> np.ndarray:
     """Quantile ``tau`` of forecasts ``z`` (N, Q) in the ratio space, linear between the
     given quantiles and extrapolated with the nearest segment's slope outside them."""
     zz = np.asarray(z, dtype=np.float64)
-    t = np.asarray(taus, dtype=np.float64)
-    k = int(np.clip(np.searchsorted(t, tau) - 1, 0, len(t) - 2))
-    w = (tau - t[k]) / (t[k + 1] - t[k])
+    k, w = tau_weights(taus, tau)
     out = zz[:, k] + w * (zz[:, k + 1] - zz[:, k])
-    if tau < t[0]:
+    if tau < taus[0]:
         out = np.minimum(out, zz[:, 0])  # the extrapolated slope is >= 0, keep it from crossing
     return out
+
+
+def quantile_at(windows: np.ndarray, q_mbps: np.ndarray, taus: Sequence[float], tau: float) -> np.ndarray:
+    """Quantile ``tau`` (N,) Mbit/s of quantile forecasts ``q_mbps`` (N, Q) at levels ``taus``,
+    interpolated in the ratio space (:func:`interpolate_tau`)."""
+    return from_ratio(windows, interpolate_tau(to_ratio(windows, q_mbps), taus, tau))

@@ -34,21 +34,32 @@ from stream.core.progress import Progress
 from stream.core.records import BW, FEATURES, WINDOW
 
 
-def make_forecaster(model: Any, pre: Preprocessor, chunk: int = 8192) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled raw-units forecaster: windows (N, 10, 4) Mbit/s -> (N,) Mbit/s."""
+def _forward(model: Any, pre: Preprocessor, chunk: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The model's compiled inference on raw windows (N, 10, 4) Mbit/s, in chunks: (N, outputs) float64."""
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    n_out = int(model.output_shape[-1])
 
     @tf.function(input_signature=[tf.TensorSpec([None, WINDOW, len(FEATURES)], tf.float32)])
     def fwd(x):
-        return tf.reshape(model(x, training=False), [-1])
+        return model(x, training=False)
+
+    def run(windows: np.ndarray) -> np.ndarray:
+        if len(windows) == 0:
+            return np.zeros((0, n_out))
+        x = pre.transform(windows)  # (N, 10, 4)
+        return np.concatenate([fwd(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)]).astype(np.float64)
+
+    return run
+
+
+def make_forecaster(model: Any, pre: Preprocessor, chunk: int = 8192) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled raw-units forecaster: windows (N, 10, 4) Mbit/s -> (N,) Mbit/s."""
+    run = _forward(model, pre, chunk)
 
     def forecast(windows: np.ndarray) -> np.ndarray:
         w = np.asarray(windows, dtype=np.float64)
-        if w.shape[0] == 0:
-            return np.zeros((0,))
-        x = pre.transform(w)  # (N, 10, 4)
-        z = np.concatenate([fwd(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)])
-        return pre.inverse_target(z, w)
+        return pre.inverse_target(run(w).reshape(-1), w) if len(w) else np.zeros((0,))
 
     return forecast
 
@@ -88,21 +99,12 @@ def make_quantile_model_fn(
     model: Any, pre: Preprocessor, n_horizons: int, chunk: int = 8192
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The quantile model's raw (uncalibrated) forecasts: windows (N, 10, 4) Mbit/s -> (N, H, Q) ratio space."""
-    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
-
+    run = _forward(model, pre, chunk)
     n_q = int(model.output_shape[-1]) // n_horizons
-
-    @tf.function(input_signature=[tf.TensorSpec([None, WINDOW, len(FEATURES)], tf.float32)])
-    def fwd(x):
-        return model(x, training=False)
 
     def forecast(windows: np.ndarray) -> np.ndarray:
         w = np.asarray(windows, dtype=np.float64)
-        if w.shape[0] == 0:
-            return np.zeros((0, n_horizons, n_q))
-        x = pre.transform(w)  # (N, 10, 4)
-        z = np.concatenate([fwd(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)])
-        return z.astype(np.float64).reshape(len(w), n_horizons, n_q)
+        return run(w).reshape(len(w), n_horizons, n_q)
 
     return forecast
 
@@ -150,8 +152,8 @@ def fit_quantile_forecaster(
         raise DataError(f"need training and validation windows, got {len(yt)} and {len(yv)}")
     pre = Preprocessor(feature_mode).fit(wt, yt[:, 0])
     naive = NaiveQuantiles.fit(wt, yt, pt, horizons, quantiles)
-    zt = np.where(np.isfinite(yt), to_ratio(wt, np.nan_to_num(yt)), np.nan)  # (N, H)
-    zv = np.where(np.isfinite(yv), to_ratio(wv, np.nan_to_num(yv)), np.nan)
+    zt = to_ratio(wt, yt)  # (N, H); NaN targets stay NaN
+    zv = to_ratio(wv, yv)
     scale = np.nanstd(zt, axis=0)
     head = QuantileHead(
         horizons,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ml.forecast.calibration import SOURCES, ForecastSpec
-from ml.forecast.quantiles import from_ratio, interpolate_tau, to_ratio
+from ml.forecast.quantiles import quantile_at
 from ml.serving.graph import serving_function
 from ml.serving.quantile_graph import POLICIES, quantile_serving_function
 from ml.serving.registry import load_version
@@ -233,10 +233,10 @@ class Predictor:
         levels = [round(t, 9) for t in self.spec.quantiles]
         if all(t in levels for t in WIRE_LEVELS):
             return q[:, :, [levels.index(t) for t in WIRE_LEVELS]]
-        cols = []
-        for k in range(q.shape[1]):
-            z = to_ratio(w, q[:, k])
-            cols.append(np.stack([from_ratio(w, interpolate_tau(z, self.spec.quantiles, t)) for t in WIRE_LEVELS], 1))
+        cols = [
+            np.stack([quantile_at(w, q[:, k], self.spec.quantiles, t) for t in WIRE_LEVELS], axis=1)
+            for k in range(q.shape[1])
+        ]
         return np.maximum.accumulate(np.stack(cols, axis=1), axis=2)
 
     def quantile(self, windows: np.ndarray, tau: float, profiles: Sequence[str | None] | None = None) -> np.ndarray:
@@ -245,9 +245,7 @@ class Predictor:
         pred = self.predict(windows, profiles)
         if pred.quantiles is None or self.spec is None:
             return pred.bandwidth_mbps
-        w = self._check(windows)
-        z = to_ratio(w, pred.quantiles[:, 0])  # (N, Q)
-        return from_ratio(w, interpolate_tau(z, self.spec.quantiles, tau))
+        return quantile_at(self._check(windows), pred.quantiles[:, 0], self.spec.quantiles, tau)
 
     @staticmethod
     def _check(windows: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ and :func:`ml.policy.rules.quantile_rule_actions`; tests compare this graph with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,20 +27,13 @@ import numpy as np
 from ml.forecast.calibration import SOURCES, ForecastSpec
 from ml.forecast.features import _ABS_EPS, _REL_EPS, Preprocessor
 from ml.forecast.naive import NAIVE
-from ml.forecast.quantiles import Z_CLIP
+from ml.forecast.quantiles import Z_CLIP, tau_weights
 from ml.serving.graph import graph_parts
 from ml.smoothing import ewma_weights
 from stream.core.records import N_ACTIONS
 
 #: Policies a quantile model can serve, in the order of the graph's policy index.
 POLICIES: tuple[str, ...] = ("ddqn", "ewma_rule", "quantile_rule")
-
-
-def tau_weights(quantiles: Sequence[float], tau: float) -> tuple[int, float]:
-    """(k, w): quantile ``tau`` = z_k + w (z_{k+1} - z_k), as :func:`ml.forecast.quantiles.interpolate_tau`."""
-    t = np.asarray(quantiles, dtype=np.float64)
-    k = int(np.clip(np.searchsorted(t, tau) - 1, 0, len(t) - 2))
-    return k, float((tau - t[k]) / (t[k + 1] - t[k]))
 
 
 def spec_arrays(spec: ForecastSpec, policies: dict[str, str]) -> dict[str, np.ndarray]:

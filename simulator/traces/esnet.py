@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
-from simulator.traces.readers import _bandwidth, _float, _Link, _read_csv
+from simulator.traces.readers import _bandwidth, _float, _Link, _match_epoch_ms, _read_csv
 from stream.core.errors import DataError
 from stream.core.records import MAX_BANDWIDTH_MBPS
 
@@ -45,14 +44,7 @@ _TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 @lru_cache(maxsize=16_384)
 def _epoch_ms(value: str) -> int | None:
     # Cached: the 48 files share the same 8 737 hours.
-    m = _TIME.fullmatch(value.strip())
-    if m is None:
-        return None
-    try:
-        dt = datetime(*map(int, m.groups()), tzinfo=UTC)
-    except ValueError:
-        return None
-    return int(dt.timestamp()) * 1000
+    return _match_epoch_ms(_TIME.fullmatch(value.strip()))
 
 
 def _read_esnet(path: Path, name: str) -> list[_Link]:

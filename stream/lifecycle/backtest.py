@@ -36,10 +36,10 @@ import numpy as np
 
 from ml.eval.forecast import MAPE_ABS_FLOOR_MBPS, MAPE_REL_FLOOR, report
 from ml.forecast.baselines import baseline_forecasters
-from ml.forecast.quantiles import from_ratio, interpolate_tau, to_ratio
-from ml.policy.observation import reference_bandwidth, snap_down
+from ml.forecast.quantiles import quantile_at
+from ml.policy.observation import reference_bandwidth
 from ml.policy.reward import reward
-from ml.policy.rules import ewma_rule_actions
+from ml.policy.rules import ewma_rule_actions, quantile_rule_actions
 from ml.serving.predictor import load_predictor
 from stream.core.errors import DataError
 from stream.core.records import N_ACTIONS, WINDOW, Decision, Telemetry
@@ -164,8 +164,8 @@ def _rule_actions(ds: Sequence[Decision], w: np.ndarray, policy_meta: dict[str, 
     qr = policy_meta.get("quantile_rule")
     if qr and all(d.forecast for d in ds):
         q1 = np.array([d.forecast[0][1:] for d in ds], dtype=np.float64)  # (n, 3) h = 1 p10/p50/p90
-        q_tau = from_ratio(w, interpolate_tau(to_ratio(w, q1), (0.1, 0.5, 0.9), float(qr["tau"])))
-        out["quantile_rule"] = snap_down(q_tau, reference_bandwidth(w))
+        q_tau = quantile_at(w, q1, (0.1, 0.5, 0.9), float(qr["tau"]))
+        out["quantile_rule"] = quantile_rule_actions(q_tau, reference_bandwidth(w))
     return out
 
 
