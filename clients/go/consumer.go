@@ -1,0 +1,312 @@
+package bwp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/Shopify/sarama"
+)
+
+// Mode says how a Consumer reads the decisions topic.
+type Mode string
+
+const (
+	// ModePartition consumes every partition of the topic explicitly, from
+	// ConsumerConfig.Offset (oldest by default) or ConsumerConfig.StartOffsets; the
+	// offsets are kept by the client (Consumer.Offsets), nothing is committed. Use it
+	// with the embedded tansu broker (sarama's group join gets error 79,
+	// MEMBER_ID_REQUIRED, from tansu) and in tests.
+	ModePartition Mode = "partition"
+	// ModeGroup joins the consumer group ConsumerConfig.Group and commits offsets to the
+	// broker (Apache Kafka >= 0.10.2).
+	ModeGroup Mode = "group"
+)
+
+// ConsumerConfig configures a Consumer.
+type ConsumerConfig struct {
+	Brokers []string // bootstrap "host:port" list
+	Topic   string   // e.g. "bwp.decisions"
+	Mode    Mode     // ModePartition (default) or ModeGroup
+	Group   string   // consumer group (ModeGroup only)
+	// Offset is where partitions without a StartOffsets entry start: sarama.OffsetOldest
+	// (the zero value is taken as oldest) or sarama.OffsetNewest. In ModeGroup it applies
+	// when the group has no committed offset.
+	Offset int64
+	// StartOffsets (ModePartition) resumes partitions at saved offsets (from Offsets).
+	StartOffsets map[int32]int64
+	// Sarama is the client configuration (nil: a default with Version V1_0_0_0).
+	Sarama *sarama.Config
+	// OnError, when set, receives every invalid record and consumer error instead of the
+	// Errors channel.
+	OnError func(error)
+}
+
+// ConsumerStats counts what a Consumer did.
+type ConsumerStats struct {
+	Delivered  int64 // decisions sent on Decisions
+	Duplicates int64 // repeats (and older seqs) of a link dropped
+	Invalid    int64 // records that failed DecodeDecision
+}
+
+// Consumer reads typed decisions from the decisions topic. Read both Decisions and
+// Errors (or set OnError) until they close: like sarama, it blocks when they are full.
+// Invalid records and broker errors are reported, never fatal.
+type Consumer struct {
+	decisions chan Decision
+	errs      chan error
+	onError   func(error)
+	dedupe    *Deduper
+	stats     ConsumerStats
+
+	mu      sync.Mutex
+	offsets map[int32]int64
+
+	cancel context.CancelFunc
+	done   chan struct{}
+	closer func() error
+}
+
+// NewConsumer connects and starts consuming in the background until ctx ends or Close.
+func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
+	if len(cfg.Brokers) == 0 || cfg.Topic == "" {
+		return nil, errors.New("bwp consumer: Brokers and Topic are required")
+	}
+	sc := cfg.Sarama
+	if sc == nil {
+		sc = sarama.NewConfig()
+		sc.Version = sarama.V1_0_0_0
+		sc.ClientID = "bwp-go"
+	}
+	sc.Consumer.Return.Errors = true
+	if cfg.Offset == 0 {
+		cfg.Offset = sarama.OffsetOldest
+	}
+	sc.Consumer.Offsets.Initial = cfg.Offset
+	ctx, cancel := context.WithCancel(ctx)
+	c := &Consumer{
+		decisions: make(chan Decision, 256),
+		errs:      make(chan error, 64),
+		onError:   cfg.OnError,
+		dedupe:    NewDeduper(),
+		offsets:   map[int32]int64{},
+		cancel:    cancel,
+		done:      make(chan struct{}),
+	}
+	var err error
+	switch cfg.Mode {
+	case ModePartition, "":
+		err = c.startPartitions(ctx, cfg, sc)
+	case ModeGroup:
+		err = c.startGroup(ctx, cfg, sc)
+	default:
+		err = fmt.Errorf("bwp consumer: mode must be %q or %q, got %q", ModePartition, ModeGroup, cfg.Mode)
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Decisions yields the valid, new decisions; it closes after Close or the context ends.
+func (c *Consumer) Decisions() <-chan Decision { return c.decisions }
+
+// Errors yields invalid records (*DecodeError) and consumer errors, unless OnError is set.
+func (c *Consumer) Errors() <-chan error { return c.errs }
+
+// Stats returns the counters so far.
+func (c *Consumer) Stats() ConsumerStats {
+	return ConsumerStats{
+		Delivered:  atomic.LoadInt64(&c.stats.Delivered),
+		Duplicates: atomic.LoadInt64(&c.stats.Duplicates),
+		Invalid:    atomic.LoadInt64(&c.stats.Invalid),
+	}
+}
+
+// Offsets returns, per partition, the next offset to read (ModePartition: pass it as
+// StartOffsets to resume; ModeGroup: what this member has consumed).
+func (c *Consumer) Offsets() map[int32]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[int32]int64, len(c.offsets))
+	for p, o := range c.offsets {
+		out[p] = o
+	}
+	return out
+}
+
+// Close stops consuming, closes the sarama client and then the channels. Keep draining
+// Decisions and Errors until it returns (unless OnError is set).
+func (c *Consumer) Close() error {
+	c.cancel()
+	<-c.done
+	return c.closer()
+}
+
+func (c *Consumer) report(ctx context.Context, err error) {
+	if c.onError != nil {
+		c.onError(err)
+		return
+	}
+	select {
+	case c.errs <- err:
+	case <-ctx.Done():
+	}
+}
+
+// handle decodes one message, drops repeats and delivers the rest; false when ctx ended.
+func (c *Consumer) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
+	c.mu.Lock()
+	c.offsets[m.Partition] = m.Offset + 1
+	c.mu.Unlock()
+	d, err := DecodeDecision(m.Value)
+	if err != nil {
+		atomic.AddInt64(&c.stats.Invalid, 1)
+		var de *DecodeError
+		if errors.As(err, &de) {
+			de.Partition, de.Offset = m.Partition, m.Offset
+		}
+		c.report(ctx, err)
+		return ctx.Err() == nil
+	}
+	if !c.dedupe.Admit(d.LinkID, d.Seq) {
+		atomic.AddInt64(&c.stats.Duplicates, 1)
+		return true
+	}
+	d.Partition, d.Offset = m.Partition, m.Offset
+	select {
+	case c.decisions <- d:
+		atomic.AddInt64(&c.stats.Delivered, 1)
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (c *Consumer) startPartitions(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {
+	consumer, err := sarama.NewConsumer(cfg.Brokers, sc)
+	if err != nil {
+		return fmt.Errorf("bwp consumer: connecting to %v: %w", cfg.Brokers, err)
+	}
+	parts, err := consumer.Partitions(cfg.Topic)
+	if err != nil {
+		consumer.Close()
+		return fmt.Errorf("bwp consumer: partitions of %q: %w", cfg.Topic, err)
+	}
+	var pcs []sarama.PartitionConsumer
+	for _, p := range parts {
+		off, ok := cfg.StartOffsets[p]
+		if !ok {
+			off = cfg.Offset
+		}
+		pc, err := consumer.ConsumePartition(cfg.Topic, p, off)
+		if err != nil {
+			for _, pc := range pcs {
+				pc.AsyncClose()
+			}
+			consumer.Close()
+			return fmt.Errorf("bwp consumer: partition %d of %q at offset %d: %w", p, cfg.Topic, off, err)
+		}
+		pcs = append(pcs, pc)
+	}
+	var wg sync.WaitGroup
+	for _, pc := range pcs {
+		wg.Add(1)
+		go func(pc sarama.PartitionConsumer) {
+			defer wg.Done()
+			c.pump(ctx, pc)
+		}(pc)
+	}
+	c.closer = consumer.Close
+	go func() {
+		wg.Wait()
+		close(c.decisions)
+		close(c.errs)
+		close(c.done)
+	}()
+	return nil
+}
+
+// pump forwards one partition's messages and errors until ctx ends.
+func (c *Consumer) pump(ctx context.Context, pc sarama.PartitionConsumer) {
+	defer pc.AsyncClose()
+	errs := pc.Errors()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-pc.Messages():
+			if !ok || !c.handle(ctx, m) {
+				return
+			}
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil // closed: stop selecting it
+				continue
+			}
+			c.report(ctx, err)
+		}
+	}
+}
+
+func (c *Consumer) startGroup(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {
+	if cfg.Group == "" {
+		return errors.New("bwp consumer: group mode needs a Group")
+	}
+	if !sc.Version.IsAtLeast(sarama.V0_10_2_0) {
+		sc.Version = sarama.V1_0_0_0 // consumer groups need the 0.10.2 protocol
+	}
+	group, err := sarama.NewConsumerGroup(cfg.Brokers, cfg.Group, sc)
+	if err != nil {
+		return fmt.Errorf("bwp consumer: group %q on %v: %w", cfg.Group, cfg.Brokers, err)
+	}
+	var closeErr error
+	c.closer = func() error { return closeErr }
+	errsDone := make(chan struct{})
+	go func() {
+		defer close(errsDone)
+		for err := range group.Errors() {
+			c.report(ctx, err)
+		}
+	}()
+	go func() {
+		for ctx.Err() == nil {
+			// Consume returns at each rebalance; join again until the context ends.
+			err := group.Consume(ctx, []string{cfg.Topic}, groupHandler{c, ctx})
+			if err != nil && ctx.Err() == nil {
+				// e.g. the broker refusing the join: it would repeat forever, so stop and
+				// let the caller decide (tansu: use ModePartition).
+				c.report(ctx, fmt.Errorf("bwp consumer: group %q: %w", cfg.Group, err))
+				break
+			}
+		}
+		closeErr = group.Close() // closes group.Errors(), so the reporter above ends
+		<-errsDone
+		close(c.decisions)
+		close(c.errs)
+		close(c.done)
+	}()
+	return nil
+}
+
+// groupHandler adapts a Consumer to sarama.ConsumerGroupHandler.
+type groupHandler struct {
+	c   *Consumer
+	ctx context.Context
+}
+
+func (groupHandler) Setup(sarama.ConsumerGroupSession) error   { return nil }
+func (groupHandler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+
+func (h groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	for m := range claim.Messages() {
+		if !h.c.handle(h.ctx, m) {
+			return nil
+		}
+		sess.MarkMessage(m, "")
+	}
+	return nil
+}
