@@ -15,11 +15,13 @@ from ml.train import TrainConfig, train
 from stream.bench import broker as broker_bench
 from stream.bench import pipeline as pipeline_bench
 from stream.bench import redis_window as redis_bench
+from stream.bench import serve as serve_bench
 from stream.bench.broker import run_broker_bench
 from stream.bench.model import BATCHES, run_bench
 from stream.bench.pipeline import run_pipeline_bench
 from stream.bench.redis_window import run_redis_bench
 from stream.core.flags import add_settings_flags, settings_from_args
+from stream.ops.harness import ensure_model
 
 
 def _register_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -105,14 +107,23 @@ def _bench_redis(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,100,1000, got {text!r}") from exc
-    if not out or out[0] < 1 or out[-1] > 100_000:
-        raise argparse.ArgumentTypeError(f"batch sizes must be 1..100000, got {text!r}")
-    return out
+def _int_list(what: str, example: str, top: int):
+    """An argparse type: comma-separated integers 1..``top``, sorted and unique."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            out = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} like {example}, got {text!r}") from exc
+        if not out or out[0] < 1 or out[-1] > top:
+            raise argparse.ArgumentTypeError(f"{what} must be 1..{top}, got {text!r}")
+        return out
+
+    return parse
+
+
+_batches = _int_list("batch sizes", "1,100,1000", 100_000)
+_concurrency = _int_list("connection counts", "1,16,64", 1024)
 
 
 def _register_model(bsub: argparse._SubParsersAction) -> None:
@@ -158,9 +169,36 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_serve(bsub: argparse._SubParsersAction) -> None:
+    """Add ``bwp bench serve``."""
+    p = bsub.add_parser(
+        "serve",
+        help="prediction API requests/s and p50/p99 latency at concurrency 1/16/64, batching on and off (JSON)",
+        description=serve_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement per concurrency, seconds (default 10)")
+    p.add_argument("--concurrency", type=_concurrency, default=serve_bench.CONCURRENCY, metavar="N,N,...",
+                   help="concurrent connections to measure (default 1,16,64)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="JSON only, no progress on stderr")
+    add_settings_flags(p, "--model-dir")
+    p.set_defaults(func=_bench_serve)
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    if args.seconds <= 0:
+        print(f"bwp bench serve: --seconds must be > 0, got {args.seconds}", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args)
+    ensure_model(Path(settings.model_dir), quiet=args.json)
+    res = serve_bench.run_serve_bench(settings, args.seconds, args.concurrency, quiet=args.json)
+    print(json.dumps(res, indent=None if args.json else 2))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``bwp bench`` and its four benchmarks."""
+    """Add ``bwp bench`` and its benchmarks."""
     bench = sub.add_parser("bench", help="benchmarks that print JSON", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    for add in (_register_pipeline, _register_broker, _register_redis, _register_model):
+    for add in (_register_pipeline, _register_broker, _register_redis, _register_model, _register_serve):
         add(bsub)

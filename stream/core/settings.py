@@ -87,6 +87,24 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's /metrics endpoint (0 = off).")
 
+    # --- Prediction API (bwp serve, docs/integration.md) -----------------------------
+    serve_host: str = Field("127.0.0.1", description="Address `bwp serve` binds to (loopback unless you mean it).")
+    serve_port: int = Field(8501, ge=0, le=65535, description="Port of `bwp serve` (0 = a free one, printed).")
+    serve_token: SecretStr | None = Field(
+        None, description="Bearer token `/v1/*` requests must send (secret; unset = no authentication)."
+    )
+    serve_batching: bool = Field(
+        True, description="Batch concurrent predict requests into one forward pass (off: one pass per request)."
+    )
+    serve_batch_delay_ms: float = Field(
+        1.0, ge=0, le=1000, description="Longest wait for more requests before a batch runs (ms, batching on)."
+    )
+    serve_max_batch: int = Field(1024, ge=1, description="Most windows one batched forward pass takes.")
+    serve_max_windows: int = Field(1024, ge=1, description="Most windows one predict request may carry (422 above).")
+    serve_max_body_bytes: int = Field(
+        4_194_304, ge=1024, description="Largest predict request body in bytes (413 above)."
+    )
+
     # --- TensorFlow (serving and training) -------------------------------------------
     tf_xla: bool = Field(
         True, description="Run the serving graph's batch buckets of 16 and more XLA-compiled (docs/models.md)."
