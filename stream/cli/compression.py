@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -40,7 +41,8 @@ def _evaluate_compression(args: argparse.Namespace) -> int:
     profile = profile_from(args.profile or settings.compression_profile)
     horizon = args.horizon or settings.compression_horizon
     if horizon < 1 or not 0 < args.alpha <= 1 or (args.max_links is not None and args.max_links < 1):
-        raise SystemExit("bwp evaluate-compression: --horizon and --max-links must be >= 1, --alpha in (0, 1]")
+        print("bwp evaluate-compression: --horizon and --max-links must be >= 1, --alpha in (0, 1]", file=sys.stderr)
+        return 2
     res = compression_eval.evaluate_compression(
         profile, args.datasets, args.traces_root, horizon, args.alpha, args.max_links,
         progress=partial(stderr_progress, tag="bwp evaluate-compression"),

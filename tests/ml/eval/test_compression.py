@@ -49,3 +49,5 @@ def test_real_trace_slice(traces_root, capsys):
                  "--max-links", "2", "--json"]) == 0  # fmt: skip
     out = json.loads(capsys.readouterr().out)
     assert out["datasets"]["norway-hsdpa-3g"]["links"] == 2 and out["horizon"] == 10
+    assert main(["evaluate-compression", "--alpha", "0"]) == 2
+    assert "--alpha in (0, 1]" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from stream.core.compression import (
 )
 from stream.core.errors import ConfigError
 from stream.core.schemas import load_schema
+from stream.core.settings import load_settings
 
 PROFILE_SCHEMA = load_schema("compression_profile")
 
@@ -154,3 +155,20 @@ def test_shipped_profile_loads_validates_and_says_how_it_was_measured() -> None:
     jsonschema.validate(p.to_dict(), PROFILE_SCHEMA)
     assert p.measured_on["command"].startswith("bwp bench compression") and p.measured_on["machine"]
     assert choose(math.inf, p) == NONE and _level(choose(1.0, p)) == max(lv.level for lv in p.levels)
+
+
+def test_settings_name_the_profile_and_horizon(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("BWP_COMPRESSION_PROFILE", raising=False)
+    monkeypatch.delenv("BWP_COMPRESSION_HORIZON", raising=False)
+    s = load_settings()
+    assert s.compression_profile is None and s.compression_horizon == 10
+    assert profile_from(s.compression_profile) is default_profile()
+    monkeypatch.setenv("BWP_COMPRESSION_PROFILE", str(tmp_path / "missing.json"))
+    with pytest.raises(
+        ConfigError, match="BWP_COMPRESSION_PROFILE points at .*missing.json, which is not a readable file"
+    ):
+        load_settings()
+    monkeypatch.delenv("BWP_COMPRESSION_PROFILE")
+    monkeypatch.setenv("BWP_COMPRESSION_HORIZON", "0")
+    with pytest.raises(ConfigError, match="compression_horizon"):
+        load_settings()
