@@ -1,4 +1,4 @@
-"""``bwp bench``: the benchmark commands (model, pipeline, broker, redis), JSON output."""
+"""``bwp bench``: the benchmark commands (model, pipeline, broker, redis, compression), JSON output."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ml.serving.registry import current_version
 from ml.serving.runtime import configure_tf
 from ml.train import TrainConfig, train
 from stream.bench import broker as broker_bench
+from stream.bench import compression as compression_bench
 from stream.bench import pipeline as pipeline_bench
 from stream.bench import redis_window as redis_bench
 from stream.bench import serve as serve_bench
@@ -196,9 +197,70 @@ def _bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_compression(bsub: argparse._SubParsersAction) -> None:
+    """Add ``bwp bench compression``."""
+    p = bsub.add_parser(
+        "compression",
+        help="measure the zstd codec profile (levels 1..19) the compression hint is chosen with (JSON)",
+        description=compression_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                   help="folder of sample data (default: the generated mix described above)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, metavar="PROFILE.json",
+                   help="write the profile here (use it with BWP_COMPRESSION_PROFILE)")  # fmt: skip
+    p.add_argument("--seconds-per-level", type=float, default=1.0, metavar="S",
+                   help="timing budget per level, after one full pass of the corpus (default 1)")  # fmt: skip
+    p.add_argument("--chunk-bytes", type=int, default=compression_bench.DEFAULT_CHUNK_BYTES,
+                   help="chunk size, bytes (default 1 MiB)")  # fmt: skip
+    p.add_argument("--corpus-bytes", type=int, default=compression_bench.DEFAULT_CORPUS_BYTES,
+                   help="size of the generated corpus, bytes (default 4 MiB)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated corpus (default 0)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="cores compressing in parallel; speeds are per-core x this (default: the CPU count)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="JSON only, no progress on stderr")
+    p.set_defaults(func=_bench_compression)
+
+
+def _effective_command(args: argparse.Namespace) -> str:
+    """The run as a command line with every value spelled out (recorded in the profile's metadata)."""
+    source = f"--corpus {args.corpus}" if args.corpus else f"--corpus-bytes {args.corpus_bytes} --seed {args.seed}"
+    cores = f" --cores {args.cores}" if args.cores else ""
+    return (f"bwp bench compression {source} --chunk-bytes {args.chunk_bytes} "
+            f"--seconds-per-level {args.seconds_per_level:g}{cores}")  # fmt: skip
+
+
+def _bench_compression(args: argparse.Namespace) -> int:
+    if args.seconds_per_level < 0 or args.chunk_bytes < 1 or args.corpus_bytes < 1 or (args.cores or 1) < 1:
+        print("bwp bench compression: --seconds-per-level must be >= 0 and the sizes and --cores >= 1", file=sys.stderr)
+        return 2
+    if args.corpus is not None:
+        corpus, name = compression_bench.read_corpus(args.corpus), str(args.corpus)
+    else:
+        corpus = compression_bench.generated_corpus(args.corpus_bytes, args.seed)
+        name = f"generated (seed {args.seed}, mix {compression_bench.MIX})"
+    profile = compression_bench.run_compression_bench(
+        corpus, chunk_bytes=args.chunk_bytes, seconds_per_level=args.seconds_per_level, cores=args.cores,
+        corpus_name=name, command=_effective_command(args), quiet=args.json,
+    )  # fmt: skip
+    if args.out is not None:
+        compression_bench.write_profile(profile, args.out)
+        if not args.json:
+            print(f"[bwp bench compression] wrote {args.out}", file=sys.stderr)
+    print(json.dumps(profile, indent=None if args.json else 1))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``bwp bench`` and its benchmarks."""
     bench = sub.add_parser("bench", help="benchmarks that print JSON", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    for add in (_register_pipeline, _register_broker, _register_redis, _register_model, _register_serve):
+    for add in (
+        _register_pipeline,
+        _register_broker,
+        _register_redis,
+        _register_model,
+        _register_serve,
+        _register_compression,
+    ):
         add(bsub)

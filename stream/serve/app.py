@@ -24,12 +24,13 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 
+from stream.core.compression import profile_from
 from stream.core.errors import ApiError
 from stream.core.records import FEATURES, N_ACTIONS, WINDOW
 from stream.core.settings import Settings
 from stream.lifecycle.reload import POLL_S, ModelWatcher
 from stream.metrics.serve import ServeMetrics
-from stream.serve.batcher import Batcher
+from stream.serve.batcher import Batcher, DecisionConfig
 from stream.serve.openapi import ERRORS, PREDICT_DOC
 from stream.serve.requests import parse_predict
 
@@ -130,8 +131,11 @@ def create_app(
     """The API app on ``settings``: it loads the registry's current model (or pins ``model_version``)
     off the event loop, is ready once one is loaded, and follows the ``current`` pointer like the worker."""
     m = metrics or ServeMetrics.create()
+    config = DecisionConfig(
+        settings.decisions_schema_version, profile_from(settings.compression_profile), settings.compression_horizon
+    )
     batcher = Batcher(
-        m, settings.decisions_schema_version, batching=settings.serve_batching,
+        m, config, batching=settings.serve_batching,
         delay_s=settings.serve_batch_delay_ms / 1000.0, max_batch=settings.serve_max_batch,
     )  # fmt: skip
     authorize = _authorizer(settings)
@@ -198,7 +202,7 @@ def create_app(
         p = batcher.predictor
         if p is None:
             raise ApiError(503, "not_ready", "no model is loaded yet")
-        return _json(model_info(p, batcher.schema_version))
+        return _json(model_info(p, batcher.config.schema_version))
 
     @app.post("/v1/predict", **PREDICT_DOC)
     async def predict(request: Request) -> Response:

@@ -22,18 +22,28 @@ from typing import Any
 
 import numpy as np
 
+from stream.core.compression import CompressionProfile
 from stream.core.errors import ApiError
 from stream.core.records import Telemetry
 from stream.metrics.serve import ServeMetrics
-from stream.pipeline.model import PredictorLike, build_decisions, check_prediction
+from stream.pipeline.model import COMPRESSION_HORIZON, PredictorLike, build_decisions, check_prediction
 
 #: Decision fields that identify a telemetry record; an API answer has no record, so none of them.
 IDENTITY_FIELDS = ("link_id", "seq", "ts_ms", "decided_at_ms", "profile")
 API_LINK = "api"
 
 
+@dataclass(frozen=True)
+class DecisionConfig:
+    """How predictions become decisions: the worker's settings (schema version, compression hint)."""
+
+    schema_version: int
+    compression_profile: CompressionProfile | None = None
+    compression_horizon: int = COMPRESSION_HORIZON
+
+
 def decide(
-    predictor: PredictorLike, x: np.ndarray, profiles: Sequence[str | None], schema_version: int
+    predictor: PredictorLike, x: np.ndarray, profiles: Sequence[str | None], config: DecisionConfig
 ) -> list[dict[str, Any]]:
     """The worker's decision for each window of ``x`` (N, WINDOW, 4), as decision-record dicts
     without the record identity fields (:data:`IDENTITY_FIELDS`). Runs the model: call it off the loop."""
@@ -44,7 +54,11 @@ def decide(
     last = x[:, -1, :].tolist()  # (N, 4)
     records = [Telemetry(API_LINK, 0, now, lat, bw, loss, rel, p) for (lat, bw, loss, rel), p in zip(last, profiles)]
     out = []
-    for d in build_decisions(records, pred, predictor.version, now, schema_version):
+    decisions = build_decisions(
+        records, pred, predictor.version, now, config.schema_version,
+        compression_profile=config.compression_profile, compression_horizon=config.compression_horizon,
+    )  # fmt: skip
+    for d in decisions:
         obj = d.to_dict()
         for k in IDENTITY_FIELDS:
             obj.pop(k, None)
@@ -65,14 +79,14 @@ class Batcher:
     def __init__(
         self,
         metrics: ServeMetrics,
-        schema_version: int,
+        config: DecisionConfig,
         *,
         batching: bool = True,
         delay_s: float = 0.001,
         max_batch: int = 1024,
     ) -> None:
         self.metrics = metrics
-        self.schema_version = schema_version
+        self.config = config
         self.batching = batching
         self.delay_s = delay_s
         self.max_batch = max_batch
@@ -151,7 +165,7 @@ class Batcher:
             self.metrics.batch_windows.observe(x.shape[0])
             self.metrics.batch_requests.observe(len(jobs))
             try:
-                rows = await loop.run_in_executor(self.executor, decide, predictor, x, profiles, self.schema_version)
+                rows = await loop.run_in_executor(self.executor, decide, predictor, x, profiles, self.config)
             except asyncio.CancelledError:
                 for j in jobs:
                     j.future.cancel()

@@ -45,7 +45,7 @@ _ERROR = {
 _PREDICTION = {
     "type": "object",
     "description": "The decision record's fields (docs/wire.md) without link_id, seq, ts_ms, decided_at_ms, "
-    "profile; the v2 fields when the server publishes decisions schema v2 or later.",
+    "profile; the v2 fields from decisions schema v2 on, compression from v3 (BWP_DECISIONS_SCHEMA_VERSION).",
     "properties": {
         "schema_version": {"type": "integer"},
         "predicted_bandwidth_mbps": _NUMBER,
@@ -58,6 +58,11 @@ _PREDICTION = {
         "safe_bandwidth_mbps": _NUMBER,
         "forecast_source": {"type": "string"},
         "policy": {"type": "string"},
+        "compression": {
+            "type": "object",
+            "description": 'v3: {"codec": "zstd", "level": 1..19} or {"codec": "none"} (docs/compression.md)',
+            "properties": {"codec": {"enum": ["zstd", "none"]}, "level": {"type": "integer"}},
+        },
     },
 }
 

@@ -21,6 +21,8 @@ from stream.kafka.security import faust_broker_kwargs
 from tests.helpers import REPO
 from tests.helpers.security import REDIS_SECRET, SECRET, sasl_ssl_env
 
+_SHIPPED_PROFILE = REPO / "stream" / "core" / "compression_profile.default.json"
+
 
 # --- every setting has a working env var ----------------------------------------------------
 def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
@@ -30,6 +32,8 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "kafka_bootstrap": (sec["BWP_KAFKA_BOOTSTRAP"], sec["BWP_KAFKA_BOOTSTRAP"]),
         "telemetry_topic": ("x.tel", "x.tel"),
         "decisions_schema_version": ("1", 1),
+        "compression_profile": (str(_SHIPPED_PROFILE), _SHIPPED_PROFILE),
+        "compression_horizon": ("60", 60),
         "decisions_topic": ("x.dec", "x.dec"),
         "dlq_topic": ("x.dlq", "x.dlq"),
         "partitions": ("12", 12),
