@@ -1,4 +1,4 @@
-"""``bwp bench``: the benchmark commands (model, pipeline, broker, redis), JSON output."""
+"""``bwp bench``: the benchmark commands (model, pipeline, broker, redis, compression), JSON output."""
 
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ from ml.serving.registry import current_version
 from ml.serving.runtime import configure_tf
 from ml.train import TrainConfig, train
 from stream.bench import broker as broker_bench
+from stream.bench import compression as compression_bench
 from stream.bench import pipeline as pipeline_bench
 from stream.bench import redis_window as redis_bench
+from stream.bench import serve as serve_bench
 from stream.bench.broker import run_broker_bench
 from stream.bench.model import BATCHES, run_bench
 from stream.bench.pipeline import run_pipeline_bench
 from stream.bench.redis_window import run_redis_bench
 from stream.core.flags import add_settings_flags, settings_from_args
+from stream.ops.harness import ensure_model
 
 
 def _register_pipeline(sub: argparse._SubParsersAction) -> None:
@@ -105,14 +108,23 @@ def _bench_redis(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        out = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,100,1000, got {text!r}") from exc
-    if not out or out[0] < 1 or out[-1] > 100_000:
-        raise argparse.ArgumentTypeError(f"batch sizes must be 1..100000, got {text!r}")
-    return out
+def _int_list(what: str, example: str, top: int):
+    """An argparse type: comma-separated integers 1..``top``, sorted and unique."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            out = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what} like {example}, got {text!r}") from exc
+        if not out or out[0] < 1 or out[-1] > top:
+            raise argparse.ArgumentTypeError(f"{what} must be 1..{top}, got {text!r}")
+        return out
+
+    return parse
+
+
+_batches = _int_list("batch sizes", "1,100,1000", 100_000)
+_concurrency = _int_list("connection counts", "1,16,64", 1024)
 
 
 def _register_model(bsub: argparse._SubParsersAction) -> None:
@@ -158,9 +170,97 @@ def _bench_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _register_serve(bsub: argparse._SubParsersAction) -> None:
+    """Add ``bwp bench serve``."""
+    p = bsub.add_parser(
+        "serve",
+        help="prediction API requests/s and p50/p99 latency at concurrency 1/16/64, batching on and off (JSON)",
+        description=serve_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="measurement per concurrency, seconds (default 10)")
+    p.add_argument("--concurrency", type=_concurrency, default=serve_bench.CONCURRENCY, metavar="N,N,...",
+                   help="concurrent connections to measure (default 1,16,64)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="JSON only, no progress on stderr")
+    add_settings_flags(p, "--model-dir")
+    p.set_defaults(func=_bench_serve)
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    if args.seconds <= 0:
+        print(f"bwp bench serve: --seconds must be > 0, got {args.seconds}", file=sys.stderr)
+        return 2
+    settings = settings_from_args(args)
+    ensure_model(Path(settings.model_dir), quiet=args.json)
+    res = serve_bench.run_serve_bench(settings, args.seconds, args.concurrency, quiet=args.json)
+    print(json.dumps(res, indent=None if args.json else 2))
+    return 0
+
+
+def _register_compression(bsub: argparse._SubParsersAction) -> None:
+    """Add ``bwp bench compression``."""
+    p = bsub.add_parser(
+        "compression",
+        help="measure the zstd codec profile (levels 1..19) the compression hint is chosen with (JSON)",
+        description=compression_bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--corpus", type=Path, default=None, metavar="DIR",
+                   help="folder of sample data (default: the generated mix described above)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=None, metavar="PROFILE.json",
+                   help="write the profile here (use it with BWP_COMPRESSION_PROFILE)")  # fmt: skip
+    p.add_argument("--seconds-per-level", type=float, default=1.0, metavar="S",
+                   help="timing budget per level, after one full pass of the corpus (default 1)")  # fmt: skip
+    p.add_argument("--chunk-bytes", type=int, default=compression_bench.DEFAULT_CHUNK_BYTES,
+                   help="chunk size, bytes (default 1 MiB)")  # fmt: skip
+    p.add_argument("--corpus-bytes", type=int, default=compression_bench.DEFAULT_CORPUS_BYTES,
+                   help="size of the generated corpus, bytes (default 4 MiB)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated corpus (default 0)")
+    p.add_argument("--cores", type=int, default=None,
+                   help="cores compressing in parallel; speeds are per-core x this (default: the CPU count)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="JSON only, no progress on stderr")
+    p.set_defaults(func=_bench_compression)
+
+
+def _effective_command(args: argparse.Namespace) -> str:
+    """The run as a command line with every value spelled out (recorded in the profile's metadata)."""
+    source = f"--corpus {args.corpus}" if args.corpus else f"--corpus-bytes {args.corpus_bytes} --seed {args.seed}"
+    cores = f" --cores {args.cores}" if args.cores else ""
+    return (f"bwp bench compression {source} --chunk-bytes {args.chunk_bytes} "
+            f"--seconds-per-level {args.seconds_per_level:g}{cores}")  # fmt: skip
+
+
+def _bench_compression(args: argparse.Namespace) -> int:
+    if args.seconds_per_level < 0 or args.chunk_bytes < 1 or args.corpus_bytes < 1 or (args.cores or 1) < 1:
+        print("bwp bench compression: --seconds-per-level must be >= 0 and the sizes and --cores >= 1", file=sys.stderr)
+        return 2
+    if args.corpus is not None:
+        corpus, name = compression_bench.read_corpus(args.corpus), str(args.corpus)
+    else:
+        corpus = compression_bench.generated_corpus(args.corpus_bytes, args.seed)
+        name = f"generated (seed {args.seed}, mix {compression_bench.MIX})"
+    profile = compression_bench.run_compression_bench(
+        corpus, chunk_bytes=args.chunk_bytes, seconds_per_level=args.seconds_per_level, cores=args.cores,
+        corpus_name=name, command=_effective_command(args), quiet=args.json,
+    )  # fmt: skip
+    if args.out is not None:
+        compression_bench.write_profile(profile, args.out)
+        if not args.json:
+            print(f"[bwp bench compression] wrote {args.out}", file=sys.stderr)
+    print(json.dumps(profile, indent=None if args.json else 1))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``bwp bench`` and its four benchmarks."""
+    """Add ``bwp bench`` and its benchmarks."""
     bench = sub.add_parser("bench", help="benchmarks that print JSON", description="Benchmarks that print JSON.")
     bsub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-    for add in (_register_pipeline, _register_broker, _register_redis, _register_model):
+    for add in (
+        _register_pipeline,
+        _register_broker,
+        _register_redis,
+        _register_model,
+        _register_serve,
+        _register_compression,
+    ):
         add(bsub)

@@ -16,15 +16,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.cli import bench as bench_cmds
+from stream.cli import compression as compression_cmds
 from stream.cli import lifecycle as lifecycle_cmds
 from stream.cli import models as models_cmds
 from stream.cli import policy as policy_cmds
 from stream.cli import run as run_cmds
+from stream.cli import serve as serve_cmds
 from stream.cli import simulate as simulate_cmds
 from stream.core.errors import BwpError, Terminated
 
 # Command groups, in --help order; each module has ``register(subparsers)``.
-COMMAND_GROUPS = (run_cmds, simulate_cmds, models_cmds, policy_cmds, lifecycle_cmds, bench_cmds)
+COMMAND_GROUPS = (
+    run_cmds,
+    serve_cmds,
+    simulate_cmds,
+    models_cmds,
+    compression_cmds,
+    policy_cmds,
+    lifecycle_cmds,
+    bench_cmds,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,3 +43,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by ``bwp`` in the main thread like Ctrl-C, so that ``finally``
     blocks stop what a command started. Not a :class:`BwpError`: like Ctrl-C it is not a
     failure of the command, and ``except Exception`` does not swallow it."""
+
+
+class ApiError(BwpError):
+    """A request to the prediction API is refused: HTTP ``status``, machine-readable ``code``, and why."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from stream.core.errors import ConfigError
-from stream.core.records import DECISION_SCHEMA_VERSION, DECISION_SCHEMA_VERSIONS
+from stream.core.records import COMPRESSION_HORIZON, DECISION_SCHEMA_VERSION, DECISION_SCHEMA_VERSIONS
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -82,10 +82,38 @@ class Settings(BaseSettings):
     )
     decisions_schema_version: int = Field(
         DECISION_SCHEMA_VERSION,
-        description="Schema version of the decisions the worker publishes: 2 (quantile forecast, docs/wire.md) "
-        "or 1 for consumers that validate v1 strictly until they upgrade.",
+        description="Schema version of the decisions the worker publishes: 3 (quantile forecast and compression "
+        "hint, docs/wire.md), or 2 / 1 for consumers that validate an older version strictly until they upgrade.",
     )
+    compression_profile: Path | None = Field(
+        None,
+        description="Codec profile file (`bwp bench compression --out`) the v3 compression hint is chosen with; "
+        "unset = the profile shipped with bwp (docs/compression.md).",
+    )
+    compression_horizon: int = Field(
+        COMPRESSION_HORIZON, ge=1, le=9999,
+        description="Forecast horizon (steps) whose p50 feeds the compression hint; a forecast without it "
+        "uses its largest horizon (h=1 for a point model).",
+    )  # fmt: skip
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's /metrics endpoint (0 = off).")
+
+    # --- Prediction API (bwp serve, docs/integration.md) -----------------------------
+    serve_host: str = Field("127.0.0.1", description="Address `bwp serve` binds to (loopback unless you mean it).")
+    serve_port: int = Field(8501, ge=0, le=65535, description="Port of `bwp serve` (0 = a free one, printed).")
+    serve_token: SecretStr | None = Field(
+        None, description="Bearer token `/v1/*` requests must send (secret; unset = no authentication)."
+    )
+    serve_batching: bool = Field(
+        True, description="Batch concurrent predict requests into one forward pass (off: one pass per request)."
+    )
+    serve_batch_delay_ms: float = Field(
+        1.0, ge=0, le=1000, description="Longest wait for more requests before a batch runs (ms, batching on)."
+    )
+    serve_max_batch: int = Field(1024, ge=1, description="Most windows one batched forward pass takes.")
+    serve_max_windows: int = Field(1024, ge=1, description="Most windows one predict request may carry (422 above).")
+    serve_max_body_bytes: int = Field(
+        4_194_304, ge=1024, description="Largest predict request body in bytes (413 above)."
+    )
 
     # --- TensorFlow (serving and training) -------------------------------------------
     tf_xla: bool = Field(
@@ -131,7 +159,13 @@ class Settings(BaseSettings):
             raise ValueError(f"SASL credentials are set but BWP_KAFKA_SECURITY_PROTOCOL is {proto}, not SASL_*")
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("BWP_KAFKA_SSL_CERTFILE and BWP_KAFKA_SSL_KEYFILE must be set together")
-        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "redis_ssl_cafile"):
+        for name in (
+            "kafka_ssl_cafile",
+            "kafka_ssl_certfile",
+            "kafka_ssl_keyfile",
+            "redis_ssl_cafile",
+            "compression_profile",
+        ):
             p = getattr(self, name)
             if p is not None and not Path(p).is_file():
                 raise ValueError(f"BWP_{name.upper()} points at {p}, which is not a readable file")

@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from prometheus_client import Counter
 
 from ml.serving.predictor import load_predictor
 from stream.core.records import FEATURES, N_ACTIONS, WINDOW
@@ -39,6 +40,15 @@ POLL_S = 1.0
 #: Seconds between a model swap and the full collection that frees the old model.
 REFREEZE_DELAY_S = 2.0
 RETRY_AFTER_S = 600.0
+
+
+class ReloadMetrics(Protocol):
+    """The one metric a :class:`ModelWatcher` counts into (the worker's and the API's containers have it)."""
+
+    @property
+    def model_reloads(self) -> Counter:
+        """Reloads by ``result`` (ok | failed)."""
+        ...
 
 
 def read_pointer(model_dir: Path) -> str | None:
@@ -82,7 +92,7 @@ class ModelWatcher:
         model_dir: Path | str,
         serving: str,
         apply: Callable[[Any], None],
-        metrics: WorkerMetrics,
+        metrics: ReloadMetrics,
         loader: Callable[[Path, str], Any] | None = None,
         retry_after_s: float = RETRY_AFTER_S,
         clock: Callable[[], float] = time.monotonic,

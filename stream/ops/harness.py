@@ -28,6 +28,9 @@ class WorkerSubprocess:
     """``python -m stream.ops.runner`` in its own process (and process group), configured through
     ``BWP_*`` env vars from ``settings``. Used by ``bwp demo``, ``bwp bench pipeline`` and the tests."""
 
+    #: The command after ``python``: a subclass runs another bwp process the same way.
+    command: tuple[str, ...] = ("-m", "stream.ops.runner")
+
     def __init__(self, settings: Settings, log_path: Path, extra_args: Sequence[str] = ()) -> None:
         self.settings = settings
         self.log_path = Path(log_path)
@@ -51,7 +54,7 @@ class WorkerSubprocess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "stream.ops.runner", *self.extra_args],
+                [sys.executable, *self.command, *self.extra_args],
                 env=self.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
@@ -87,6 +90,12 @@ class WorkerSubprocess:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+class ServeSubprocess(WorkerSubprocess):
+    """``bwp serve`` in its own process, configured like :class:`WorkerSubprocess` (``bwp bench serve``, tests)."""
+
+    command = ("-m", "stream.cli", "serve")
 
 
 def wait_until(pred: Any, timeout_s: float, step: float = 0.1) -> bool:

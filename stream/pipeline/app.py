@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from stream.core.compression import profile_from
 from stream.core.settings import Settings
 from stream.kafka.security import faust_broker_kwargs
 from stream.metrics.worker import WorkerMetrics
@@ -85,7 +86,14 @@ class KafkaWorker:
         self.metrics.info.info({"consumer_group": settings.consumer_group, "telemetry_topic": settings.telemetry_topic})
         self.redis = settings.redis_client(asyncio=True)
         self.store = WindowStore(self.redis, settings.key_prefix, settings.window_ttl_s)
-        self.core = PipelineCore(self.store, predictor, self.metrics, schema_version=settings.decisions_schema_version)
+        self.core = PipelineCore(
+            self.store,
+            predictor,
+            self.metrics,
+            schema_version=settings.decisions_schema_version,
+            compression_profile=profile_from(settings.compression_profile),
+            compression_horizon=settings.compression_horizon,
+        )
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-produce")
         self.publisher = Publisher(settings, self.metrics, self.io_executor)
         self.app = make_app(settings)

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from stream.core.compression import CompressionProfile
 from stream.core.errors import TelemetryDecodeError
-from stream.core.records import DECISION_SCHEMA_VERSION, Decision, Telemetry, dlq_headers
+from stream.core.records import COMPRESSION_HORIZON, DECISION_SCHEMA_VERSION, Decision, Telemetry, dlq_headers
 from stream.metrics.worker import WorkerMetrics, observe_many
 from stream.pipeline.model import PredictionLike, PredictorLike, build_decisions, check_prediction
 from stream.pipeline.redis_window import WindowStore
@@ -98,9 +99,14 @@ class PipelineCore:
         backoff_first_s: float = 0.1,
         backoff_cap_s: float = 2.0,
         schema_version: int = DECISION_SCHEMA_VERSION,
+        compression_profile: CompressionProfile | None = None,
+        compression_horizon: int = COMPRESSION_HORIZON,
     ) -> None:
         self.store = store
         self.schema_version = schema_version  # of the published decisions (BWP_DECISIONS_SCHEMA_VERSION)
+        # The v3 compression hint's profile (BWP_COMPRESSION_PROFILE; None = shipped) and horizon.
+        self.compression_profile = compression_profile
+        self.compression_horizon = compression_horizon
         self.metrics = metrics or WorkerMetrics.create()
         # One thread: TensorFlow calls stay off the event loop, and never run concurrently.
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-predict")
@@ -278,7 +284,10 @@ class PipelineCore:
         t2 = time.perf_counter()
         if owed.records:
             pred = await self._predict(predictor, owed.windows, [r.profile for r in owed.records])
-            out.decisions = build_decisions(owed.records, pred, predictor.version, self.clock_ms(), self.schema_version)
+            out.decisions = build_decisions(
+                owed.records, pred, predictor.version, self.clock_ms(), self.schema_version,
+                compression_profile=self.compression_profile, compression_horizon=self.compression_horizon,
+            )  # fmt: skip
         self.metrics.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
 
     async def _predict(self, predictor: PredictorLike, x: np.ndarray, profiles: list[str | None]) -> PredictionLike:

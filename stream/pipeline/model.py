@@ -11,7 +11,15 @@ from typing import Protocol
 
 import numpy as np
 
-from stream.core.records import DECISION_SCHEMA_V1, N_ACTIONS, Decision, Telemetry
+from stream.core.compression import Compression, CompressionProfile, choose_levels, compression_of, default_profile
+from stream.core.records import (
+    COMPRESSION_HORIZON,
+    DECISION_SCHEMA_V1,
+    DECISION_SCHEMA_V3,
+    N_ACTIONS,
+    Decision,
+    Telemetry,
+)
 
 
 class PredictionLike(Protocol):
@@ -67,19 +75,53 @@ def check_prediction(pred: PredictionLike, n: int, version: str) -> None:
             )
 
 
+def compression_hints(
+    pred: PredictionLike, profile: CompressionProfile | None, horizon: int = COMPRESSION_HORIZON
+) -> list[Compression]:
+    """The v3 compression hint per row: ``profile``'s choice (shipped profile when None) for the p50
+    of ``horizon``, else the largest horizon forecast, else the h=1 prediction (docs/compression.md)."""
+    wire = getattr(pred, "wire_quantiles", None)
+    if wire is None:
+        bw = np.asarray(pred.bandwidth_mbps, dtype=np.float64)
+    else:
+        hs = [int(h) for h in pred.horizons]  # type: ignore[attr-defined]
+        col = hs.index(horizon) if horizon in hs else int(np.argmax(hs))
+        bw = np.asarray(wire, dtype=np.float64)[:, col, 1]
+    # Decision.make raises negatives to 0; so does the hint (0 Mbit/s = compress as hard as the profile can).
+    levels = choose_levels(np.maximum(bw, 0.0), profile or default_profile())
+    return [compression_of(lv) for lv in levels.tolist()]
+
+
 def build_decisions(
-    records: list[Telemetry], pred: PredictionLike, version: str, now: int, schema_version: int
+    records: list[Telemetry],
+    pred: PredictionLike,
+    version: str,
+    now: int,
+    schema_version: int,
+    *,
+    compression_profile: CompressionProfile | None = None,
+    compression_horizon: int = COMPRESSION_HORIZON,
 ) -> list[Decision]:
-    """One decision per record (``pred`` row i decides ``records[i]``), in ``schema_version``."""
+    """One decision per record (``pred`` row i decides ``records[i]``), in ``schema_version``.
+
+    A v3 decision's compression hint comes from ``compression_profile`` (default: the shipped
+    profile) and the forecast at ``compression_horizon`` (:func:`compression_hints`).
+    """
     bw = np.asarray(pred.bandwidth_mbps, dtype=np.float64).tolist()
     act = np.asarray(pred.action, dtype=np.int64).tolist()
     ref = np.asarray(pred.reference_bandwidth_mbps, dtype=np.float64).tolist()
     wire = getattr(pred, "wire_quantiles", None)
+    comp: list[Compression | None] = (
+        list(compression_hints(pred, compression_profile, compression_horizon))
+        if schema_version == DECISION_SCHEMA_V3
+        else [None] * len(records)
+    )
     if schema_version == DECISION_SCHEMA_V1 or wire is None:
         return [
-            Decision.make(r.link_id, r.seq, r.ts_ms, b, a, f, version, now, r.profile, schema_version=schema_version)
-            for r, b, a, f in zip(records, bw, act, ref)
-        ]
+            Decision.make(r.link_id, r.seq, r.ts_ms, b, a, f, version, now, r.profile, schema_version=schema_version,
+                          compression=c)
+            for r, b, a, f, c in zip(records, bw, act, ref, comp)
+        ]  # fmt: skip
     hs = [int(h) for h in pred.horizons]  # type: ignore[attr-defined]
     src = pred.forecast_source.tolist()  # type: ignore[attr-defined]
     pol = pred.policy.tolist()  # type: ignore[attr-defined]
@@ -99,6 +141,7 @@ def build_decisions(
             forecast_source=s,
             policy=p,
             schema_version=schema_version,
+            compression=c,
         )  # fmt: skip
-        for r, b, a, f, q, s, p in zip(records, bw, act, ref, np.asarray(wire).tolist(), src, pol)
+        for r, b, a, f, q, s, p, c in zip(records, bw, act, ref, np.asarray(wire).tolist(), src, pol, comp)
     ]

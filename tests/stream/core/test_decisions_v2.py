@@ -1,5 +1,6 @@
-"""Decisions schema v2: quantile forecast records against decisions.v2.schema.json, v1 still on request,
-decoder checks the schema cannot express, and BWP_DECISIONS_SCHEMA_VERSION."""
+"""Decisions schema v2: quantile forecast records against decisions.v2.schema.json (v2 on request since v3
+is the default, tests/stream/core/test_decision.py), v1 still on request, decoder checks the schema cannot
+express, and BWP_DECISIONS_SCHEMA_VERSION."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from stream.core.errors import ConfigError
 from stream.core.records import (
     DECISION_SCHEMA_V1,
-    DECISION_SCHEMA_VERSION,
+    DECISION_SCHEMA_V2,
     FORECAST_SOURCES,
     POLICIES,
     Decision,
@@ -41,7 +42,8 @@ def forecasts(draw: st.DrawFn) -> dict[int | str, tuple[float, ...]]:
 
 
 def _v2(**kw) -> Decision:
-    args = {"forecast": {1: (9.0, 10.0, 11.0), 10: (8.0, 10.0, 12.0), 60: (5.0, 9.5, 14.0)}, "forecast_source": "ewma"}
+    args = {"forecast": {1: (9.0, 10.0, 11.0), 10: (8.0, 10.0, 12.0), 60: (5.0, 9.5, 14.0)}, "forecast_source": "ewma",
+            "schema_version": DECISION_SCHEMA_V2}  # fmt: skip
     return Decision.make("lk-1", 12, 1_000, 10.0, 4, 20.0, "m7", 1_050, "internet", **{**args, **kw})
 
 
@@ -70,7 +72,8 @@ def _raw(**changes) -> bytes:
 def test_v2_round_trip_and_schema(link_id, seq, action, ref, fc, safe, source, policy, profile) -> None:
     p50 = next(q[1] for h, q in fc.items() if int(h) == 1)
     d = Decision.make(link_id, seq, 1, p50, action, ref, "v", 2, profile,
-                      forecast=fc, safe_bandwidth_mbps=safe, forecast_source=source, policy=policy)  # fmt: skip
+                      forecast=fc, safe_bandwidth_mbps=safe, forecast_source=source, policy=policy,
+                      schema_version=DECISION_SCHEMA_V2)  # fmt: skip
     assert d.schema_version == 2
     assert [h for h, *_ in d.forecast] == sorted(int(h) for h in fc)
     assert d.safe_bandwidth_mbps == (d.forecast[0][1] if safe is None else safe)
@@ -83,9 +86,9 @@ def test_v2_round_trip_and_schema(link_id, seq, action, ref, fc, safe, source, p
         jsonschema.validate(obj, V1)  # strict v1 consumers must be kept on v1 (BWP_DECISIONS_SCHEMA_VERSION=1)
 
 
-def test_v2_is_the_default_and_a_point_forecast_fills_it_degenerately() -> None:
-    assert DECISION_SCHEMA_VERSION == 2
-    d = Decision.make("lk-1", 9, 1, 42.5, 3, 50.0, "m1", 2)  # the positional call the worker makes today
+def test_v2_on_request_and_a_point_forecast_fills_it_degenerately() -> None:
+    d = Decision.make("lk-1", 9, 1, 42.5, 3, 50.0, "m1", 2, schema_version=DECISION_SCHEMA_V2)
+    assert d.compression is None
     assert d.forecast == ((1, 42.5, 42.5, 42.5),) and d.quantiles(1) == (42.5, 42.5, 42.5)
     assert (d.safe_bandwidth_mbps, d.forecast_source, d.policy) == (42.5, "lstm", "ddqn")
     obj = json.loads(d.to_bytes())
@@ -122,7 +125,7 @@ def test_make_clamps_negatives_and_refuses_bad_v2_values() -> None:
         ({"safe_bandwidth_mbps": math.nan}, "safe_bandwidth_mbps must be a finite number >= 0, got nan"),
         ({"forecast_source": "arima"}, "forecast_source must be in"),
         ({"policy": "greedy"}, "policy in"),
-        ({"schema_version": 3}, r"schema_version must be one of \(1, 2\), got 3"),
+        ({"schema_version": 4}, r"schema_version must be one of \(1, 2, 3\), got 4"),
     ]
     for kw, match in bad:
         with pytest.raises(ValueError, match=match):
@@ -140,7 +143,7 @@ def test_to_bytes_refuses_non_finite_and_incomplete_v2() -> None:
     with pytest.raises(ValueError, match="is v2 but lacks forecast"):
         dataclasses.replace(d, forecast=None).to_bytes()
     with pytest.raises(ValueError, match="schema_version must be one of"):
-        dataclasses.replace(d, schema_version=3).to_bytes()
+        dataclasses.replace(d, schema_version=4).to_bytes()
 
 
 def _fc(**by_h) -> dict:
@@ -164,7 +167,8 @@ BAD_V2 = [
     (_raw(policy="greedy"), r"policy must be one of .*got 'greedy'"),
     (_raw(policy=...), r"missing \['policy'\], unexpected \[\]"),
     (_raw(extra=1), r"unexpected \['extra'\]"),
-    (_raw(schema_version=3), r"schema_version must be one of \(1, 2\), got 3"),
+    (_raw(schema_version=4), r"schema_version must be one of \(1, 2, 3\), got 4"),
+    (_raw(schema_version=3), r"decision v3 needs its schema's fields: missing \['compression'\], unexpected \[\]"),
     (_raw(schema_version="2"), r"got '2'"),
     (_raw(schema_version=True), "got True"),
     (_raw(schema_version=1), r"decision v1 needs its schema's fields: missing \[\], unexpected \['forecast', 'forecast_source', 'policy', 'safe_bandwidth_mbps'\]"),
@@ -214,12 +218,12 @@ def test_v2_keeps_every_v1_field_and_its_rules() -> None:
     assert V2["properties"]["forecast_source"]["enum"] == list(FORECAST_SOURCES)
     assert V2["properties"]["policy"]["enum"] == list(POLICIES)
     assert decisions_schema(1) == V1 and decisions_schema(2) == V2
-    with pytest.raises(ValueError, match=r"must be one of \[1, 2\], got 3"):
-        decisions_schema(3)
+    with pytest.raises(ValueError, match=r"must be one of \[1, 2, 3\], got 4"):
+        decisions_schema(4)
 
 
-@pytest.mark.parametrize("raw, want", [(None, 2), ("1", 1), ("2", 2)])
-def test_setting_accepts_1_and_2(raw, want, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("raw, want", [(None, 3), ("1", 1), ("2", 2), ("3", 3)])
+def test_setting_accepts_1_2_and_3_default_3(raw, want, monkeypatch: pytest.MonkeyPatch) -> None:
     if raw is None:
         monkeypatch.delenv("BWP_DECISIONS_SCHEMA_VERSION", raising=False)
     else:
@@ -228,13 +232,13 @@ def test_setting_accepts_1_and_2(raw, want, monkeypatch: pytest.MonkeyPatch) -> 
     assert Settings.model_fields["decisions_schema_version"].description
 
 
-@pytest.mark.parametrize("raw", ["3", "0", "two"])
+@pytest.mark.parametrize("raw", ["4", "0", "two"])
 def test_setting_rejects_other_versions(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BWP_DECISIONS_SCHEMA_VERSION", raw)
     with pytest.raises(ConfigError, match="decisions_schema_version") as err:
         load_settings()
     if raw != "two":
         assert (
-            f"BWP_DECISIONS_SCHEMA_VERSION must be one of 1, 2 (the decisions schema versions this release writes), got {raw}"
+            f"BWP_DECISIONS_SCHEMA_VERSION must be one of 1, 2, 3 (the decisions schema versions this release writes), got {raw}"
             in str(err.value)
         )

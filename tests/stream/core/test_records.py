@@ -49,8 +49,8 @@ def test_telemetry_round_trip_and_schema(t: Telemetry) -> None:
     ref=st.floats(0, 1e6, allow_nan=False),
 )
 def test_decision_round_trip_and_schema(link_id: str, seq: int, action: int, pred: float, ref: float) -> None:
-    for version in (1, 2):  # v1 on request, v2 by default (the degenerate form when no quantiles are given)
-        kw = {"schema_version": 1} if version == 1 else {}
+    for version in (1, 2, 3):  # v1, v2 on request, v3 by default (the degenerate form when no quantiles are given)
+        kw = {"schema_version": version} if version != 3 else {}
         d = Decision.make(link_id, seq, 1, pred, action, ref, "v1", 2, profile="internet", **kw)
         assert d.schema_version == version
         assert d.allocation_pct == (action + 1) * 10

@@ -21,6 +21,8 @@ from stream.kafka.security import faust_broker_kwargs
 from tests.helpers import REPO
 from tests.helpers.security import REDIS_SECRET, SECRET, sasl_ssl_env
 
+_SHIPPED_PROFILE = REPO / "stream" / "core" / "compression_profile.default.json"
+
 
 # --- every setting has a working env var ----------------------------------------------------
 def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
@@ -30,6 +32,8 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "kafka_bootstrap": (sec["BWP_KAFKA_BOOTSTRAP"], sec["BWP_KAFKA_BOOTSTRAP"]),
         "telemetry_topic": ("x.tel", "x.tel"),
         "decisions_schema_version": ("1", 1),
+        "compression_profile": (str(_SHIPPED_PROFILE), _SHIPPED_PROFILE),
+        "compression_horizon": ("60", 60),
         "decisions_topic": ("x.dec", "x.dec"),
         "dlq_topic": ("x.dlq", "x.dlq"),
         "partitions": ("12", 12),
@@ -54,6 +58,14 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "pipeline_depth": ("3", 3),
         "gc_freeze": ("false", False),
         "metrics_port": ("9999", 9999),
+        "serve_host": ("127.0.0.2", "127.0.0.2"),
+        "serve_port": ("9501", 9501),
+        "serve_token": ("tok-" + SECRET, "tok-" + SECRET),
+        "serve_batching": ("0", False),
+        "serve_batch_delay_ms": ("2.5", 2.5),
+        "serve_max_batch": ("256", 256),
+        "serve_max_windows": ("64", 64),
+        "serve_max_body_bytes": ("65536", 65536),
         "tf_xla": ("off", False),
         "tf_threads": ("1", 1),
         "state_dir": ("/tmp/bwp-state-x", Path("/tmp/bwp-state-x")),

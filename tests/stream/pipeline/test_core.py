@@ -183,7 +183,7 @@ def test_decision_payloads_are_schema_valid(bwp_settings):
 
     import stream.core.schemas
 
-    schema = stream.core.schemas.decisions_schema(2)  # the worker's default
+    schema = stream.core.schemas.decisions_schema(3)  # the worker's default
 
     async def go(core):
         return await core.process(in_records([make_record(5, s, profile=None) for s in range(WINDOW + 1)]))

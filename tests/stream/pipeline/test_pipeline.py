@@ -17,7 +17,7 @@ from tests.helpers.pipeline import TopicReader, WorkerProcess, decision_keys, fl
 
 pytestmark = pytest.mark.integration
 
-SCHEMA = stream.core.schemas.decisions_schema(2)  # the worker's default (BWP_DECISIONS_SCHEMA_VERSION)
+SCHEMA = stream.core.schemas.decisions_schema(3)  # the worker's default (BWP_DECISIONS_SCHEMA_VERSION)
 
 
 def _expect(links: int, steps: int, start: int = 0) -> set[tuple[str, int]]:

@@ -1,0 +1,1 @@
+"""The prediction API (``bwp serve``): request checks, dynamic batching, the HTTP app."""
