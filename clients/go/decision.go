@@ -53,7 +53,7 @@ type Prediction struct {
 	SafeBandwidthMbps float64  `json:"safe_bandwidth_mbps"`
 	ForecastSource    string   `json:"forecast_source"`
 	Policy            string   `json:"policy"`
-	// Schema v3 only, and optional there; nil when absent.
+	// Schema v3 (required there); nil in v1/v2 records.
 	Compression *Compression `json:"compression,omitempty"`
 }
 
@@ -115,7 +115,7 @@ var (
 )
 
 // DecodeDecision parses and validates one decisions-topic value against the schema of
-// its schema_version (1, 2, or 3 = 2 plus the optional "compression"): required fields,
+// its schema_version (1, 2, or 3 = 2 plus "compression"): required fields,
 // no unknown fields, types, ranges, enums, and p10 <= p50 <= p90 in every horizon (the
 // rule JSON Schema cannot express). It returns a *DecodeError when the record is invalid.
 func DecodeDecision(raw []byte) (Decision, error) {
@@ -137,7 +137,7 @@ func DecodeDecision(raw []byte) (Decision, error) {
 		required = append(append([]string{}, v1Fields...), v2Fields...)
 	}
 	if version == 3 {
-		allowed["compression"] = true
+		required = append(required, "compression") // required in decisions.v3.schema.json
 	}
 	for _, k := range required {
 		allowed[k] = true
