@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bwp-installed
 
-.PHONY: install demo test test-fast bench clean lint help prometheus
+.PHONY: install demo test test-fast bench clean lint help prometheus test-go
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,7 +20,7 @@ install: $(STAMP)  ## create .venv and install bwp with the test and lint extras
 demo: install  ## embedded broker + Redis, quick model, worker + simulator, live view (60 s)
 	$(BIN)/bwp demo --seconds $${BWP_DEMO_SECONDS:-60}
 
-test: lint prometheus  ## lint, then the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
+test: lint prometheus test-go  ## lint, then the full test suite (unit, integration on embedded Kafka/Redis, training smoke runs)
 	$(BIN)/python -m pytest -q -ra
 
 # Style, types and architecture: ruff (lint + format check), mypy on the serving path and the
@@ -52,3 +52,23 @@ bench: install  ## benchmarks (JSON)
 
 clean:  ## remove generated state (keeps .venv)
 	rm -rf .bwp models reports .pytest_cache .hypothesis
+
+# Go client (clients/go): Debian's Go 1.19 + sarama 1.22.1, built in GOPATH mode (no module
+# proxy needed) in a throw-away GOPATH whose src/ links to clients/go. Skips without Go.
+GO_PKG  := github.com/bwp/clients/go/bwp
+GO_PATH := $(CURDIR)/clients/go/.gopath
+GO_ENV  := GO111MODULE=off GOPATH=$(GO_PATH):/usr/share/gocode CGO_CFLAGS=-Wno-deprecated-declarations GOFLAGS=
+test-go:  ## go vet + go test of clients/go (installs golang-go and sarama via apt-get when root)
+	@if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Shopify/sarama ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get install -y -q --no-install-recommends golang-go golang-github-shopify-sarama-dev >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends golang-go golang-github-shopify-sarama-dev >/dev/null 2>&1; }; } \
+	    || echo "note: apt-get could not install golang-go golang-github-shopify-sarama-dev"; \
+	  fi; fi
+	@if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Shopify/sarama ]; then \
+	  echo "skip test-go: go or sarama sources (/usr/share/gocode) missing; install golang-go golang-github-shopify-sarama-dev (needs root and apt-get)"; \
+	else \
+	  mkdir -p $(GO_PATH)/src/github.com/bwp/clients/go && ln -sfn $(CURDIR)/clients/go $(GO_PATH)/src/$(GO_PKG) && \
+	  cd $(GO_PATH)/src/$(GO_PKG) && $(GO_ENV) go vet . ./cmd/bwp-agent && $(GO_ENV) go test . ./cmd/bwp-agent; \
+	fi
