@@ -11,7 +11,7 @@ DECISIONS_SCHEMAS: dict[int, str] = {1: "decisions", 2: "decisions.v2"}
 
 
 def load_schema(name: str) -> dict[str, Any]:
-    """Load ``<name>.schema.json`` (``telemetry``, ``dlq``, ``decisions`` = v1, ``decisions.v2``)."""
+    """Load ``<name>.schema.json`` (``telemetry``, ``dlq``, ``decisions`` = v1, ``decisions.v2``, ``routes``)."""
     return json.loads(files(__name__).joinpath(f"{name}.schema.json").read_text())
 
 
