@@ -78,6 +78,7 @@ class FleetSimulator:
     defaults to the wall clock at construction, so pass it for reproducible files).
     ``link_offset`` numbers links from ``link_offset`` on (for sharding a fleet over
     processes); link k is identical whatever the offset it is reached from.
+    ``route_groups`` K > 0 puts link k into route group ``rg-<k mod K>`` (round robin).
     """
 
     def __init__(
@@ -89,8 +90,11 @@ class FleetSimulator:
         start_ms: int | None = None,
         *,
         link_offset: int = 0,
+        route_groups: int = 0,
     ) -> None:
         _check_args(profile, links, seed, step_ms, link_offset)
+        if route_groups < 0:
+            raise ConfigError(f"route_groups must be >= 0, got {route_groups}")
         self.profile = profile
         self.n = links
         self.seed = seed
@@ -106,6 +110,8 @@ class FleetSimulator:
         self.link_ids: list[str] = [f"{p.id_prefix}-{k:06d}" for p, k in zip(profs, indices)]
         #: Base profile name of every link (``datacenter`` / ``internet``).
         self.profiles: list[str] = [p.name for p in profs]
+        #: Route group of every link: ``rg-<index mod route_groups>`` (round robin), or None for 0 groups.
+        self.route_groups: list[str | None] = [f"rg-{k % route_groups}" if route_groups else None for k in indices]
 
         self._init_parameters(profs)
         static_u, static_z = self._init_streams(seed, indices)
@@ -191,7 +197,10 @@ class FleetSimulator:
 
         # JSON payload templates (same bytes as Telemetry.to_bytes(), see payloads()).
         self._json_head = [f'{{"link_id":"{lid}","seq":' for lid in self.link_ids]
-        self._json_tail = [f',"profile":"{p}"}}' for p in self.profiles]
+        self._json_tail = [
+            f',"profile":"{p}"' + (f',"route_group":"{g}"}}' if g else "}")
+            for p, g in zip(self.profiles, self.route_groups)
+        ]
         self._keys = [lid.encode() for lid in self.link_ids]
 
     # --------------------------------------------------------------------------------
@@ -284,8 +293,8 @@ class FleetSimulator:
         arr = self.step()
         ts = self._ts(t)
         return [
-            Telemetry(lid, t, ts, lat, bw, loss, rel, prof)
-            for lid, prof, (lat, bw, loss, rel) in zip(self.link_ids, self.profiles, arr.tolist())
+            Telemetry(lid, t, ts, lat, bw, loss, rel, prof, route_group=g)
+            for lid, prof, g, (lat, bw, loss, rel) in zip(self.link_ids, self.profiles, self.route_groups, arr.tolist())
         ]
 
     def payloads(self) -> list[tuple[bytes, bytes]]:

@@ -58,12 +58,13 @@ def bwp_settings(stack: RunningStack, tmp_path: Path) -> Settings:
         telemetry_topic=f"t-{uid}.telemetry",
         decisions_topic=f"t-{uid}.decisions",
         dlq_topic=f"t-{uid}.telemetry.dlq",
+        routes_topic=f"t-{uid}.routes",
         consumer_group=f"g-{uid}",
         state_dir=stack.base.state_dir,
         model_dir=tmp_path / "models",
         metrics_port=0,
     )
-    create_topics(s, (s.telemetry_topic, s.decisions_topic, s.dlq_topic), partitions=4)
+    create_topics(s, (s.telemetry_topic, s.decisions_topic, s.dlq_topic, s.routes_topic), partitions=4)
     r = redis.Redis.from_url(s.redis_url)
     r.flushdb()
     r.close()

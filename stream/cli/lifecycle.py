@@ -1,4 +1,4 @@
-"""Model-lifecycle commands: ``bwp record``, ``bwp replay``, ``bwp backtest``, ``bwp retrain``.
+"""Model-lifecycle commands: ``bwp record``, ``bwp replay``, ``bwp backtest``, ``bwp evaluate-routes``, ``bwp retrain``.
 
 See docs/lifecycle.md. Heavy imports (confluent-kafka, TensorFlow) happen inside
 the handlers.
@@ -19,13 +19,15 @@ from stream.lifecycle.recorder import Recorder
 from stream.lifecycle.replay import parse_speed, parse_time, replay
 from stream.lifecycle.retrain import run_retrain
 from stream.lifecycle.retrain_data import RetrainConfig, parse_duration
+from stream.lifecycle.routes_eval import evaluate_routes, format_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add record, replay, backtest and retrain."""
+    """Add record, replay, backtest, evaluate-routes and retrain."""
     _register_record(sub)
     _register_replay(sub)
     _register_backtest(sub)
+    _register_evaluate_routes(sub)
     _register_retrain(sub)
 
 
@@ -100,9 +102,8 @@ def _replay(args: argparse.Namespace) -> int:
     settings = namespaced(base, args.namespace)
     speed = parse_speed(args.speed)
     if args.namespace:
-        create_topics(
-            settings, (settings.telemetry_topic, settings.decisions_topic, settings.dlq_topic), settings.partitions
-        )
+        s = settings
+        create_topics(s, (s.telemetry_topic, s.decisions_topic, s.dlq_topic, s.routes_topic), s.partitions)
     stats = replay(settings, args.paths, speed=speed, t_from=parse_time(args.t_from), t_to=parse_time(args.t_to))
     if args.json:
         print(json.dumps({"topic": settings.telemetry_topic, "namespace": args.namespace, **stats.to_dict()}))
@@ -134,6 +135,35 @@ def _backtest(args: argparse.Namespace) -> int:
         print(json.dumps(report, sort_keys=True))
     else:
         print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+# --- bwp evaluate-routes ------------------------------------------------------------------
+def _register_evaluate_routes(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate-routes",
+        help="score route-group rankings on telemetry files (records with route_group)",
+        description="Run the worker's pipeline over telemetry files (as bwp backtest) and, for every route "
+        "group and step with two or more members decided, rank the members by the route score "
+        "(docs/wire.md, Routes). Reports how often the top link has the best realised mean bandwidth over the "
+        "next --horizon steps (hit rate) and the regret in Mbit/s against that oracle, next to the same for "
+        "'pick the best last value'.",
+        epilog="example: bwp simulate --links 40 --steps 600 --profile internet --route-groups 8 "
+        "--start-ms 0 --out /tmp/rg.jsonl && bwp evaluate-routes --telemetry /tmp/rg.jsonl",
+    )
+    p.add_argument("--telemetry", nargs="+", required=True, metavar="FILE", help="telemetry files or folders")
+    p.add_argument("--model", default=None, metavar="VERSION", help="model version (default: current)")
+    p.add_argument("--horizon", type=int, default=10, help="steps of the realised mean (default 10)")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    add_settings_flags(p, "--model-dir")
+    p.set_defaults(func=_evaluate_routes)
+
+
+def _evaluate_routes(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    print(f"bwp evaluate-routes: running the pipeline over {len(args.telemetry)} path(s)...", file=sys.stderr)
+    rep = evaluate_routes(args.telemetry, settings.model_dir, version=args.model, horizon=args.horizon)
+    print(json.dumps(rep, sort_keys=True) if args.json else format_table(rep))
     return 0
 
 

@@ -96,6 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--step-ms", type=int, default=1000, help="simulated time per step, ms (default 1000)")
     p.add_argument("--start-ms", type=int, default=None, help="timestamp of step 0, epoch ms (default: now)")
     p.add_argument("--link-offset", type=int, default=0, help="index of the first link (default 0)")
+    p.add_argument(
+        "--route-groups",
+        type=int,
+        default=0,
+        metavar="K",
+        help="put link k into route group rg-<k mod K> (alternative paths, ranked on bwp.routes; default 0 = none)",
+    )
     p.add_argument("--out", type=Path, metavar="FILE.jsonl", help="write JSON lines (.gz = gzip) instead of publishing")
     p.add_argument(
         "--progress-every", type=float, default=2.0, metavar="S", help="seconds between progress lines (default 2)"
@@ -173,8 +180,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if rate is None and args.forever:
         rate = args.links * 1000.0 / args.step_ms
     sim = FleetSimulator(
-        args.profile, args.links, args.seed, step_ms=args.step_ms, start_ms=args.start_ms, link_offset=args.link_offset
-    )
+        args.profile, args.links, args.seed, step_ms=args.step_ms, start_ms=args.start_ms,
+        link_offset=args.link_offset, route_groups=args.route_groups,
+    )  # fmt: skip
     steps = None if args.forever else args.steps
     stop = threading.Event()
 

@@ -54,6 +54,7 @@ from stream.core.decision import (
     Forecast as Forecast,
 )
 from stream.core.errors import TelemetryDecodeError
+from stream.core.routes import bad_name
 
 #: Feature order of a window row: every model input uses exactly this order.
 FEATURES: tuple[str, ...] = ("latency_ms", "bandwidth_mbps", "packet_loss", "reliability")
@@ -125,6 +126,7 @@ class Telemetry:
     reliability: float
     profile: str | None = None
     imputed: tuple[str, ...] = field(default=())
+    route_group: str | None = None  # links of one group are alternative paths (stream/core/routes.py)
 
     def features(self) -> tuple[float, float, float, float]:
         """The state as one window row, in :data:`FEATURES` order."""
@@ -146,6 +148,8 @@ class Telemetry:
             d["profile"] = self.profile
         if self.imputed:
             d["imputed"] = list(self.imputed)
+        if self.route_group is not None:
+            d["route_group"] = self.route_group
         return d
 
     def to_bytes(self) -> bytes:
@@ -157,15 +161,11 @@ class Telemetry:
         """Validate a decoded JSON object; raises :class:`TelemetryDecodeError`."""
         if not isinstance(obj, dict):
             raise TelemetryDecodeError("not_object", f"record must be a JSON object, got {type(obj).__name__}")
-        link_id = obj.get("link_id")
-        if link_id is None:
-            raise TelemetryDecodeError("missing_field", f"field 'link_id' is required, record has {sorted(obj)}")
-        if not isinstance(link_id, str):
-            raise TelemetryDecodeError("wrong_type", f"link_id must be a string, got {type(link_id).__name__}")
-        if not _LINK_ID.fullmatch(link_id):
-            raise TelemetryDecodeError(
-                "invalid_link_id", f"link_id must be 1..128 chars of [A-Za-z0-9._:-], got {link_id[:40]!r}"
-            )
+        link_id, group = obj.get("link_id"), obj.get("route_group")
+        if type(link_id) is not str or not _LINK_ID.fullmatch(link_id):
+            bad_name("link_id", link_id, obj)  # raises, with the reason's code
+        if group is not None and (type(group) is not str or not _LINK_ID.fullmatch(group)):
+            bad_name("route_group", group, obj)
         profile = obj.get("profile")
         if profile is not None and profile not in PROFILES:
             raise TelemetryDecodeError("unknown_profile", f"profile must be one of {PROFILES}, got {profile!r:.40}")
@@ -182,6 +182,7 @@ class Telemetry:
             reliability=_num(obj, "reliability", 0.0, 1.0),
             profile=profile,
             imputed=tuple(imputed),
+            route_group=group,
         )
 
     @classmethod

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     telemetry_topic: str = Field("bwp.telemetry", description="Topic the probes / simulator publish telemetry to.")
     decisions_topic: str = Field("bwp.decisions", description="Topic the worker publishes decisions to.")
     dlq_topic: str = Field("bwp.telemetry.dlq", description="Dead-letter topic for invalid telemetry.")
+    routes_topic: str = Field("bwp.routes", description="Topic the worker publishes route-group rankings to.")
     partitions: int = Field(4, ge=1, le=1024, description="Partitions used when bwp creates the topics.")
     consumer_group: str = Field("bwp-worker", description="Consumer group (Faust app id) of the workers.")
     kafka_security_protocol: KafkaSecurityProtocol = Field("PLAINTEXT", description="Kafka security.protocol.")
@@ -62,7 +63,11 @@ class Settings(BaseSettings):
         description="Redis is a Redis Cluster: connect with the cluster client (BWP_REDIS_URL names any one "
         "node, database 0). The embedded stack never starts one.",
     )  # fmt: skip
-    window_ttl_s: int = Field(86_400, ge=1, description="TTL of a link's window in Redis, refreshed on every update.")
+    window_ttl_s: int = Field(
+        86_400,
+        ge=1,
+        description="TTL of a link's window (and of a route group's hash) in Redis, refreshed on every update.",
+    )
     key_prefix: str = Field("bwp", description="Prefix of every Redis key (namespaces for replay use another).")
 
     # --- Worker ----------------------------------------------------------------------
@@ -95,6 +100,13 @@ class Settings(BaseSettings):
         description="Forecast horizon (steps) whose p50 feeds the compression hint; a forecast without it "
         "uses its largest horizon (h=1 for a point model).",
     )  # fmt: skip
+    routes_interval_s: float = Field(
+        5.0, ge=0,
+        description="Least time between two rankings of one route group whose order did not change (s).",
+    )  # fmt: skip
+    routes_stale_s: float = Field(
+        30.0, gt=0, description="A route-group member without a new decided state for this long is dropped (s)."
+    )
     metrics_port: int = Field(9464, ge=0, le=65535, description="Port of the worker's /metrics endpoint (0 = off).")
 
     # --- Prediction API (bwp serve, docs/integration.md) -----------------------------
@@ -304,6 +316,7 @@ def namespaced(settings: Settings, name: str | None) -> Settings:
             "telemetry_topic": f"{name}.{settings.telemetry_topic}",
             "decisions_topic": f"{name}.{settings.decisions_topic}",
             "dlq_topic": f"{name}.{settings.dlq_topic}",
+            "routes_topic": f"{name}.{settings.routes_topic}",
             "consumer_group": f"{name}.{settings.consumer_group}",
             "key_prefix": f"{name}:{settings.key_prefix}",
         }

@@ -67,6 +67,7 @@ class WorkerMetrics:
     live_quantile_below: Counter  # profile, horizon, quantile
     drift_detections: Counter  # profile
     gc_pause_seconds: Histogram  # generation
+    routes_published: Counter  # reason: order | interval (no group label: groups are as many as links)
 
     # Long on purpose: one declaration per metric, the whole container in one place (names, help, labels).
     @classmethod
@@ -156,6 +157,11 @@ class WorkerMetrics:
                 "bwp_gc_pause_seconds",
                 "Python garbage-collector pauses (every thread of the worker waits), by generation 0, 1, 2.",
                 ["generation"], buckets=_GC_BUCKETS, registry=r,
+            ),
+            routes_published=Counter(
+                "bwp_routes_published",
+                "Route-group rankings published to the routes topic and acknowledged, by reason (order, interval).",
+                ["reason"], registry=r,
             ),
         )  # fmt: skip
 

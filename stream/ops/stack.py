@@ -158,9 +158,10 @@ class EmbeddedStack:
         rurl = self.redis_url if start_redis else self.settings.redis_url
         deadline = time.monotonic() + timeout_s
         self._wait_redis(rurl, deadline)
+        s = self.settings
         self.create_topics(
             bootstrap,
-            (self.settings.telemetry_topic, self.settings.decisions_topic, self.settings.dlq_topic),
+            (s.telemetry_topic, s.decisions_topic, s.dlq_topic, s.routes_topic),
             partitions or self.settings.partitions,
             deadline,
         )

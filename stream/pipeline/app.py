@@ -27,6 +27,7 @@ from stream.pipeline.heap import HeapGuard
 from stream.pipeline.model import PredictorLike
 from stream.pipeline.publisher import Publisher
 from stream.pipeline.redis_window import WindowStore
+from stream.pipeline.routes import RouteStore
 from stream.pipeline.window import retry_forever
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,9 @@ class KafkaWorker:
         self.metrics.info.info({"consumer_group": settings.consumer_group, "telemetry_topic": settings.telemetry_topic})
         self.redis = settings.redis_client(asyncio=True)
         self.store = WindowStore(self.redis, settings.key_prefix, settings.window_ttl_s)
+        routes = RouteStore(
+            self.redis, settings.key_prefix, settings.window_ttl_s, settings.routes_stale_s, settings.routes_interval_s
+        )
         self.core = PipelineCore(
             self.store,
             predictor,
@@ -93,6 +97,7 @@ class KafkaWorker:
             schema_version=settings.decisions_schema_version,
             compression_profile=profile_from(settings.compression_profile),
             compression_horizon=settings.compression_horizon,
+            routes=routes,
         )
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-produce")
         self.publisher = Publisher(settings, self.metrics, self.io_executor)

@@ -31,9 +31,11 @@ import numpy as np
 from stream.core.compression import CompressionProfile
 from stream.core.errors import TelemetryDecodeError
 from stream.core.records import COMPRESSION_HORIZON, DECISION_SCHEMA_VERSION, Decision, Telemetry, dlq_headers
+from stream.core.routes import RouteRanking
 from stream.metrics.worker import WorkerMetrics, observe_many
 from stream.pipeline.model import PredictionLike, PredictorLike, build_decisions, check_prediction
 from stream.pipeline.redis_window import WindowStore
+from stream.pipeline.routes import MemoryRouteStore, RouteStore, entries
 from stream.pipeline.window import (
     MAX_UNACKED_PER_LINK,
     Outcome,
@@ -73,6 +75,8 @@ class BatchOutput:
     """What one micro-batch produces: messages to publish and what to mark acknowledged."""
 
     decisions: list[Decision] = field(default_factory=list)
+    #: rankings of route groups whose order changed (or whose interval passed) in this chunk
+    rankings: list[RouteRanking] = field(default_factory=list)
     #: (original value, original key, headers)
     dead_letters: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = field(default_factory=list)
     model_version: str = ""
@@ -101,8 +105,10 @@ class PipelineCore:
         schema_version: int = DECISION_SCHEMA_VERSION,
         compression_profile: CompressionProfile | None = None,
         compression_horizon: int = COMPRESSION_HORIZON,
+        routes: RouteStore | MemoryRouteStore | None = None,
     ) -> None:
         self.store = store
+        self.routes = routes  # None: route_group is ignored (no rankings)
         self.schema_version = schema_version  # of the published decisions (BWP_DECISIONS_SCHEMA_VERSION)
         # The v3 compression hint's profile (BWP_COMPRESSION_PROFILE; None = shipped) and horizon.
         self.compression_profile = compression_profile
@@ -289,6 +295,23 @@ class PipelineCore:
                 compression_profile=self.compression_profile, compression_horizon=self.compression_horizon,
             )  # fmt: skip
         self.metrics.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
+        if self.routes is not None and out.decisions:
+            await self._rank(owed, out, self.routes)
+
+    async def _rank(self, owed: Owed, out: BatchOutput, routes: RouteStore | MemoryRouteStore) -> None:
+        """Update the route groups of the chunk's grouped links (one script call); their rankings go to ``out``."""
+        now = self.clock_ms()
+        batch = entries(owed.records, out.decisions, now)
+        if not batch:  # no record of the chunk has a route_group: nothing more to do
+            return
+        m = self.metrics
+        out.rankings = await retry_forever(
+            "redis route update",
+            lambda: routes.update(batch, now),
+            first_s=self.backoff[0],
+            cap_s=self.backoff[1],
+            on_error=lambda exc: m.redis_errors.inc(),
+        )
 
     async def _predict(self, predictor: PredictorLike, x: np.ndarray, profiles: list[str | None]) -> PredictionLike:
         loop = asyncio.get_running_loop()
@@ -323,6 +346,8 @@ class PipelineCore:
             observe_many(m.e2e_latency_seconds, np.maximum(0.0, now_s - ts_s))
         for _, _, hdrs in out.dead_letters:
             m.dead_letters.labels(hdrs[0][1].decode()).inc()
+        for rk in out.rankings:
+            m.routes_published.labels(rk.reason).inc()
         if out.duplicates:
             m.duplicates.labels("duplicate").inc(out.duplicates)
         if out.stale:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # --- Kafka ------------------------------------------------------------------------------------
 class Publisher:
-    """librdkafka producer for decisions and dead letters; :meth:`publish` returns when the broker acked all."""
+    """librdkafka producer for decisions, route rankings and dead letters; :meth:`publish` returns when the broker acked all."""
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics, executor: ThreadPoolExecutor) -> None:
         from confluent_kafka import Producer  # confluent-kafka: only code that talks to a broker
@@ -49,6 +49,7 @@ class Publisher:
             (s.dlq_topic, value, key, hdrs) for value, key, hdrs in out.dead_letters
         ]
         items.extend((s.decisions_topic, d.to_bytes(), d.link_id.encode(), None) for d in out.decisions)
+        items.extend((s.routes_topic, rk.to_bytes(), rk.route_group.encode(), None) for rk in out.rankings)
         if not items:
             return
         loop = asyncio.get_running_loop()

@@ -12,7 +12,7 @@ DECISIONS_SCHEMAS: dict[int, str] = {1: "decisions", 2: "decisions.v2", 3: "deci
 
 def load_schema(name: str) -> dict[str, Any]:
     """Load ``<name>.schema.json`` (``telemetry``, ``dlq``, ``decisions`` = v1, ``decisions.v2``, ``decisions.v3``,
-    ``compression_profile`` = the ``BWP_COMPRESSION_PROFILE`` file format)."""
+    ``routes``, ``compression_profile`` = the ``BWP_COMPRESSION_PROFILE`` file format)."""
     return json.loads(files(__name__).joinpath(f"{name}.schema.json").read_text())
 
 
