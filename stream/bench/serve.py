@@ -97,12 +97,13 @@ def _batch_totals(port: int) -> tuple[float, float]:
     return total(m, "bwp_serve_batch_windows_count") or 0.0, total(m, "bwp_serve_batch_windows_sum") or 0.0
 
 
-def _ready(url: str) -> bool:
+def ready_version(url: str) -> str | None:
+    """The model version ``GET /v2/health/ready`` names; None while not ready (or not answering)."""
     try:
         with urlopen(url + "/v2/health/ready", timeout=2) as r:
-            return bool(r.status == 200)
+            return str(orjson.loads(r.read())["model_version"])
     except OSError:
-        return False
+        return None
 
 
 def _run_mode(
@@ -114,7 +115,7 @@ def _run_mode(
     srv = ServeSubprocess(s, log).start()
     url = f"http://127.0.0.1:{port}"
     try:
-        if not wait_until(lambda: _ready(url) or not srv.alive(), 300, 0.5) or not srv.alive():
+        if not wait_until(lambda: ready_version(url) is not None or not srv.alive(), 300, 0.5) or not srv.alive():
             raise RuntimeError(f"bwp serve did not get ready; log tail:\n{srv.log_tail()}")
         reqs = [_request("127.0.0.1", port, b) for b in _bodies()]
         rows = []
@@ -127,7 +128,7 @@ def _run_mode(
             p2, w2 = _batch_totals(port)
             row["mean_batch_windows"] = (w2 - windows) / (p2 - passes) if p2 > passes else None  # incl. warm-up
             rows.append(row)
-        return rows, scrape_version(url)
+        return rows, ready_version(url)
     finally:
         srv.stop()
 
@@ -152,12 +153,3 @@ def run_serve_bench(
         return out
     finally:
         remove_or_keep(tmp, ok)
-
-
-def scrape_version(url: str) -> str | None:
-    """The model version ``GET /v2/health/ready`` names (None when not ready)."""
-    try:
-        with urlopen(url + "/v2/health/ready", timeout=2) as r:
-            return str(orjson.loads(r.read())["model_version"])
-    except OSError:
-        return None

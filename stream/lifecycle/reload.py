@@ -84,7 +84,8 @@ class ModelWatcher:
 
     ``apply(predictor)`` is called on the event loop with each verified new version
     (``core.set_predictor``). ``loader(model_dir, version)`` loads and verifies (default
-    ``ml.serving.predictor.load_predictor``).
+    ``ml.serving.predictor.load_predictor``). With ``pinned`` it loads that version once (retried
+    after a refusal like any other) and never follows the pointer.
     """
 
     def __init__(
@@ -96,8 +97,10 @@ class ModelWatcher:
         loader: Callable[[Path, str], Any] | None = None,
         retry_after_s: float = RETRY_AFTER_S,
         clock: Callable[[], float] = time.monotonic,
+        pinned: str | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.pinned = pinned  # serve this version only, whatever ``current`` names
         self.serving = serving
         self.apply = apply
         self.metrics = metrics
@@ -114,7 +117,7 @@ class ModelWatcher:
 
     def wanted(self) -> str | None:
         """The version to load now, or None (nothing new, a load in flight, or a refused one backing off)."""
-        target = read_pointer(self.model_dir)
+        target = self.pinned or read_pointer(self.model_dir)
         if self.failed is not None and target != self.failed[0]:
             self.failed = None  # the pointer moved: a later return to that version is a new attempt
         if target is None or target == self.serving or self.loading is not None:
@@ -153,7 +156,7 @@ class ModelWatcher:
             return None
         finally:
             self.loading = None
-        if read_pointer(self.model_dir) != version:
+        if self.pinned is None and read_pointer(self.model_dir) != version:
             # promoted and superseded (or rolled back) while loading: the next poll follows the pointer
             log.warning("model reload: %s was loaded but is no longer current; not swapped", version)
             return None

@@ -139,9 +139,7 @@ def create_app(
         delay_s=settings.serve_batch_delay_ms / 1000.0, max_batch=settings.serve_max_batch,
     )  # fmt: skip
     authorize = _authorizer(settings)
-    watcher = ModelWatcher(settings.model_dir, "", batcher.set_predictor, m, loader=loader)
-    if model_version is not None:  # pinned: one load, no polling of the pointer
-        watcher.wanted = lambda: None if batcher.predictor is not None or watcher.loading else model_version  # type: ignore[method-assign]
+    watcher = ModelWatcher(settings.model_dir, "", batcher.set_predictor, m, loader=loader, pinned=model_version)
 
     async def follow() -> None:
         while True:

@@ -256,3 +256,17 @@ def test_openapi_document_is_served_and_checked_in(server):
     assert served == checked_in == openapi_document(load_settings()), (
         "docs/openapi.json is stale: run `bwp serve --openapi > docs/openapi.json`"
     )
+
+
+def test_a_pinned_version_serves_though_current_names_another(trained_model_dir, predictor, tmp_path):
+    reg = tmp_path / "models"
+    shutil.copytree(trained_model_dir, reg)  # current = predictor.version
+    with running_server(_settings(reg), loader=_loader(predictor), model_version="v-pinned", poll_s=0.05) as (
+        client,
+        _,
+    ):
+        assert wait_ready(client)["model_version"] == "v-pinned"
+        r = client.post("/v1/predict", json=body([_window()]))
+        assert r.json()["model_version"] == "v-pinned"
+        threading.Event().wait(0.3)  # several polls: the pointer is not followed
+        assert client.get("/v2/health/ready").json()["model_version"] == "v-pinned"
