@@ -45,10 +45,11 @@ log = logging.getLogger(__name__)
 BUCKETS: tuple[int, ...] = (1, 4, 16, 32, 64, 96, 128, 160, 192, 256, 384, 512, 1024, 2048, 4096)
 
 #: Smallest bucket run XLA-compiled. XLA wins at every size measured (whole serving
-#: path, batch 16: 1.4 vs 4.9 ms; 64: 4.1 vs 7.3 ms; 128: 7.3 vs 11.8 ms), and the
-#: worker's batches at a few thousand states/s are 50-200 windows; every XLA bucket
-#: costs about a second of compilation at load.
-XLA_MIN = 16
+#: path, batch 16: 1.4 vs 4.9 ms; 64: 4.1 vs 7.3 ms; 128: 7.3 vs 11.8 ms; quantile
+#: model, 2026-12-02, 250 calls each, interleaved: batch 1 2.0-2.2 vs 6.0-6.5 ms p50,
+#: batch 4 3.4-3.8 vs 5.5-6.3 ms), so every bucket is compiled: batch 1 is what `bwp serve`
+#: runs for a lone client. Each XLA bucket costs about a second of compilation at load.
+XLA_MIN = 1
 #: Largest chunk an XLA call gets (larger batches go in chunks): 1024 was the fastest
 #: per window here (21 us vs 25 at 2048 and 28 at 4096).
 XLA_CHUNK = 1024

@@ -20,6 +20,7 @@ from stream.lifecycle.replay import parse_speed, parse_time, replay
 from stream.lifecycle.retrain import run_retrain
 from stream.lifecycle.retrain_data import RetrainConfig, parse_duration
 from stream.lifecycle.routes_eval import evaluate_routes, format_table
+from stream.pipeline.aci import AciParams
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -123,14 +124,17 @@ def _register_backtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="VERSION", help="model version (default: current)")
     p.add_argument("--decisions-out", default=None, metavar="FILE", help="write decisions as JSON lines")
     p.add_argument("--json", action="store_true", help="print only the JSON report")
-    add_settings_flags(p, "--model-dir")
+    add_settings_flags(p, "--model-dir", "--aci-gamma")
     p.set_defaults(func=_backtest)
 
 
 def _backtest(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
-    report = backtest(args.paths, settings.model_dir, version=args.model, decisions_out=args.decisions_out)
+    report = backtest(
+        args.paths, settings.model_dir, version=args.model, decisions_out=args.decisions_out,
+        aci=AciParams(settings.aci_gamma),
+    )  # fmt: skip
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:

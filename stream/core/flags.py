@@ -20,8 +20,15 @@ _SETTINGS_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--telemetry-topic", "telemetry_topic", str, "telemetry topic (env BWP_TELEMETRY_TOPIC, default bwp.telemetry)"),
     ("--decisions-topic", "decisions_topic", str, "decisions topic (env BWP_DECISIONS_TOPIC, default bwp.decisions)"),
     ("--dlq-topic", "dlq_topic", str, "dead-letter topic (env BWP_DLQ_TOPIC, default bwp.telemetry.dlq)"),
+    ("--routes-topic", "routes_topic", str, "route rankings topic (env BWP_ROUTES_TOPIC, default bwp.routes)"),
     ("--model-dir", "model_dir", str, "model registry directory (env BWP_MODEL_DIR, default models)"),
     ("--state-dir", "state_dir", str, "embedded stack state directory (env BWP_STATE_DIR, default .bwp)"),
+    (
+        "--aci-gamma",
+        "aci_gamma",
+        float,
+        "step size of the per-link online calibration of h=1 p10/p90, 0 = off (env BWP_ACI_GAMMA, default 0.01)",
+    ),
 )
 
 

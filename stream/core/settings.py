@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         description="Forecast horizon (steps) whose p50 feeds the compression hint; a forecast without it "
         "uses its largest horizon (h=1 for a point model).",
     )  # fmt: skip
+    aci_gamma: float = Field(
+        0.01, ge=0, le=1,
+        description="Step size of the per-link online calibration of the published h=1 p10/p90 (adaptive "
+        "conformal inference, docs/models.md); 0 = off (the model's split-conformal quantiles as they are).",
+    )  # fmt: skip
     routes_interval_s: float = Field(
         5.0, ge=0,
         description="Least time between two rankings of one route group whose order did not change (s).",

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from ml.eval.forecast import MAPE_ABS_FLOOR_MBPS, MAPE_REL_FLOOR, report
+from ml.eval.probabilistic import score_quantiles
 from ml.forecast.baselines import baseline_forecasters
-from ml.forecast.quantiles import quantile_at
+from ml.forecast.quantiles import QUANTILES, quantile_at
 from ml.policy.observation import reference_bandwidth
 from ml.policy.reward import reward
 from ml.policy.rules import ewma_rule_actions, quantile_rule_actions
@@ -44,6 +45,7 @@ from ml.serving.predictor import load_predictor
 from stream.core.errors import DataError
 from stream.core.records import N_ACTIONS, WINDOW, Decision, Telemetry
 from stream.lifecycle.recordings import iter_sorted
+from stream.pipeline.aci import AciParams
 from stream.pipeline.core import InRecord, PipelineCore
 from stream.pipeline.memory_window import MemoryWindowStore
 
@@ -62,13 +64,13 @@ class _Capture:
 
 
 async def _run_core(
-    records: Iterable[Telemetry], predictor: Any, batch_max: int
+    records: Iterable[Telemetry], predictor: Any, batch_max: int, aci: AciParams
 ) -> tuple[list[Decision], np.ndarray, dict]:
 
     cap = _Capture(predictor)
     batch_ts = [0]
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-backtest")
-    core = PipelineCore(MemoryWindowStore(), cap, executor=executor, clock_ms=lambda: batch_ts[0])
+    core = PipelineCore(MemoryWindowStore(), cap, executor=executor, clock_ms=lambda: batch_ts[0], aci=aci)
     decisions: list[Decision] = []
     counts = defaultdict(int)
     batch: list[Telemetry] = []
@@ -110,13 +112,17 @@ def run_pipeline(
     batch_max: int = 2048,
     t_from: int | None = None,
     t_to: int | None = None,
+    aci: AciParams | None = None,
 ) -> tuple[list[Decision], np.ndarray, list[Telemetry], dict]:
-    """Decisions, their windows (N, 10, 4), the ordered records and counters of one offline run."""
+    """Decisions, their windows (N, 10, 4), the ordered records and counters of one offline run.
+
+    ``aci``: the worker's online calibration (default: ``BWP_ACI_GAMMA``'s default; gamma 0 = off).
+    """
     _, it = iter_sorted(list(paths), t_from, t_to)
     records = list(it)
     if not records:
         raise DataError(f"no telemetry records in {[str(p) for p in paths]}")
-    decisions, windows, counts = asyncio.run(_run_core(records, predictor, batch_max))
+    decisions, windows, counts = asyncio.run(_run_core(records, predictor, batch_max, aci or AciParams()))
     return decisions, windows, records, counts
 
 
@@ -197,6 +203,9 @@ def backtest_report(
     for name, f in baseline_forecasters(ewma_alpha).items():
         fc["y_pred"][name] = f(w) if len(ds) else np.zeros(0)
     rep = report(fc)
+    if ds and all(d.forecast and d.forecast[0][0] == 1 for d in ds):
+        q1 = np.array([d.forecast[0][1:] for d in ds], dtype=np.float64)  # (n, 3) published h = 1 p10/p50/p90
+        rep["quantiles_h1"] = score_quantiles(y, q1, QUANTILES)
     alloc = np.array([d.allocated_bandwidth_mbps for d in ds], dtype=np.float64)
     ref = np.array([d.reference_bandwidth_mbps for d in ds], dtype=np.float64)
     profs = fc["profiles"]
@@ -234,20 +243,22 @@ def backtest(
     decisions_out: Path | str | None = None,
     predictor: Any = None,
     batch_max: int = 2048,
+    aci: AciParams | None = None,
 ) -> dict[str, Any]:
     """Offline run of the worker pipeline over ``paths``; returns the report.
 
     ``predictor`` (tests) replaces the registry model; otherwise ``version`` (default
-    current) is loaded from ``model_dir``.
+    current) is loaded from ``model_dir``. ``aci`` as in :func:`run_pipeline`.
     """
     if predictor is None:
         predictor = load_predictor(model_dir, version)
-    decisions, windows, records, counts = run_pipeline(paths, predictor, batch_max)
+    aci = aci or AciParams()
+    decisions, windows, records, counts = run_pipeline(paths, predictor, batch_max, aci=aci)
     meta = getattr(predictor, "metadata", {})
     alpha = float(meta.get("ewma_alpha", 0.5))
     rep = backtest_report(decisions, windows, records, alpha, meta.get("policy"))
     rep["version"] = predictor.version
-    rep["pipeline"] = {**counts, "decisions": len(decisions), "batch_max": batch_max}
+    rep["pipeline"] = {**counts, "decisions": len(decisions), "batch_max": batch_max, "aci_gamma": aci.gamma}
     if decisions_out is not None:
         write_decisions(decisions_out, decisions)
         rep["decisions_out"] = str(decisions_out)

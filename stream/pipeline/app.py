@@ -21,6 +21,7 @@ from stream.pipeline._faust_compat import (
     _patch_fetch_wait,
     committed_offset,
 )
+from stream.pipeline.aci import AciParams
 from stream.pipeline.core import BatchOutput, PipelineCore
 from stream.pipeline.feed import _BULK_FEEDS, BulkFeed
 from stream.pipeline.heap import HeapGuard
@@ -98,6 +99,7 @@ class KafkaWorker:
             compression_profile=profile_from(settings.compression_profile),
             compression_horizon=settings.compression_horizon,
             routes=routes,
+            aci=AciParams(settings.aci_gamma),
         )
         self.io_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bwp-produce")
         self.publisher = Publisher(settings, self.metrics, self.io_executor)

@@ -33,6 +33,7 @@ from stream.core.errors import TelemetryDecodeError
 from stream.core.records import COMPRESSION_HORIZON, DECISION_SCHEMA_VERSION, Decision, Telemetry, dlq_headers
 from stream.core.routes import RouteRanking
 from stream.metrics.worker import WorkerMetrics, observe_many
+from stream.pipeline.aci import AciParams
 from stream.pipeline.model import PredictionLike, PredictorLike, build_decisions, check_prediction
 from stream.pipeline.redis_window import WindowStore
 from stream.pipeline.routes import MemoryRouteStore, RouteStore, entries
@@ -106,8 +107,11 @@ class PipelineCore:
         compression_profile: CompressionProfile | None = None,
         compression_horizon: int = COMPRESSION_HORIZON,
         routes: RouteStore | MemoryRouteStore | None = None,
+        aci: AciParams | None = None,
     ) -> None:
         self.store = store
+        # Online calibration of the h = 1 interval per link (BWP_ACI_GAMMA; None or gamma 0: off).
+        self.aci = aci if aci is not None and aci.gamma > 0 else None
         self.routes = routes  # None: route_group is ignored (no rankings)
         self.schema_version = schema_version  # of the published decisions (BWP_DECISIONS_SCHEMA_VERSION)
         # The v3 compression hint's profile (BWP_COMPRESSION_PROFILE; None = shipped) and horizon.
@@ -290,13 +294,36 @@ class PipelineCore:
         t2 = time.perf_counter()
         if owed.records:
             pred = await self._predict(predictor, owed.windows, [r.profile for r in owed.records])
+            wire = await self._calibrate(owed.records, pred)
             out.decisions = build_decisions(
                 owed.records, pred, predictor.version, self.clock_ms(), self.schema_version,
-                compression_profile=self.compression_profile, compression_horizon=self.compression_horizon,
+                compression_profile=self.compression_profile, compression_horizon=self.compression_horizon, wire=wire,
             )  # fmt: skip
         self.metrics.stage_seconds.labels("predict").observe(time.perf_counter() - t2)
         if self.routes is not None and out.decisions:
             await self._rank(owed, out, self.routes)
+
+    async def _calibrate(self, records: list[Telemetry], pred: PredictionLike) -> np.ndarray | None:
+        """The published forecast (N, H, 3) with each link's online-calibrated h = 1 p10/p90
+        (one script call per CALL_RECORDS records), or None when calibration is off or the
+        forecast has no h = 1."""
+        wire = getattr(pred, "wire_quantiles", None)
+        hs = [int(h) for h in getattr(pred, "horizons", ())]
+        if self.aci is None or wire is None or 1 not in hs:
+            return None
+        wire = np.array(wire, dtype=np.float64)  # a copy: the prediction stays the model's
+        col = hs.index(1)
+        aci, m = self.aci, self.metrics
+        served = await retry_forever(
+            "redis calibration update",
+            lambda: self.store.calibrate(records, wire[:, col, :], aci),
+            first_s=self.backoff[0],
+            cap_s=self.backoff[1],
+            on_error=lambda exc: m.redis_errors.inc(),
+        )  # (N, 2) published p10, p90
+        wire[:, col, 0] = served[:, 0]
+        wire[:, col, 2] = served[:, 1]
+        return wire
 
     async def _rank(self, owed: Owed, out: BatchOutput, routes: RouteStore | MemoryRouteStore) -> None:
         """Update the route groups of the chunk's grouped links (one script call); their rankings go to ``out``."""

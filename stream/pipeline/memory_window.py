@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from stream.core.records import WINDOW, Telemetry
+from stream.pipeline.aci import AciParams, AciState, calibrate_link
 from stream.pipeline.window import KEEP, BatchUpdate, Outcome, Update
 
 
@@ -22,6 +23,7 @@ class MemoryWindowStore:
         self._entries: dict[str, list[tuple[int, tuple[float, float, float, float]]]] = {}
         self._last: dict[str, int] = {}
         self._ack: dict[str, int] = {}
+        self._aci: dict[str, AciState] = {}
 
     def _update_one(self, r: Telemetry) -> Update:
         lid, seq = r.link_id, r.seq
@@ -64,6 +66,19 @@ class MemoryWindowStore:
         for link, seq in acks:
             if seq > self._ack.get(link, -1):
                 self._ack[link] = seq
+
+    async def calibrate(self, records: Sequence[Telemetry], q: np.ndarray, params: AciParams) -> np.ndarray:
+        """The Redis store's online calibration (stream.pipeline.aci), record by record."""
+        out = np.empty((len(records), 2))
+        for i, (r, row) in enumerate(zip(records, np.asarray(q, dtype=np.float64).tolist())):
+            self._aci[r.link_id], out[i, 0], out[i, 1] = calibrate_link(
+                self._aci.get(r.link_id), r.seq, r.bandwidth_mbps, row, params
+            )
+        return out
+
+    async def aci_state(self, link_id: str) -> AciState | None:
+        """A link's calibration state."""
+        return self._aci.get(link_id)
 
     async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(seqs (n,), features (n, 4)) of a link, oldest first."""

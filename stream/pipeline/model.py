@@ -101,16 +101,20 @@ def build_decisions(
     *,
     compression_profile: CompressionProfile | None = None,
     compression_horizon: int = COMPRESSION_HORIZON,
+    wire: np.ndarray | None = None,
 ) -> list[Decision]:
     """One decision per record (``pred`` row i decides ``records[i]``), in ``schema_version``.
 
     A v3 decision's compression hint comes from ``compression_profile`` (default: the shipped
-    profile) and the forecast at ``compression_horizon`` (:func:`compression_hints`).
+    profile) and the forecast at ``compression_horizon`` (:func:`compression_hints`). ``wire``
+    (N, H, 3) replaces ``pred.wire_quantiles`` as the published forecast (the worker's online
+    calibration of h = 1, stream.pipeline.aci).
     """
     bw = np.asarray(pred.bandwidth_mbps, dtype=np.float64).tolist()
     act = np.asarray(pred.action, dtype=np.int64).tolist()
     ref = np.asarray(pred.reference_bandwidth_mbps, dtype=np.float64).tolist()
-    wire = getattr(pred, "wire_quantiles", None)
+    if wire is None:
+        wire = getattr(pred, "wire_quantiles", None)
     comp: list[Compression | None] = (
         list(compression_hints(pred, compression_profile, compression_horizon))
         if schema_version == DECISION_SCHEMA_V3

@@ -11,6 +11,7 @@ import numpy as np
 
 from stream.core.records import FEATURES, WINDOW, Telemetry
 from stream.pipeline import _redis_compat
+from stream.pipeline.aci import ACI_LUA, AciParams, AciState
 from stream.pipeline.window import (
     ENTRY_DTYPE,
     KEEP,
@@ -112,6 +113,7 @@ class WindowStore:
         self.keep = int(keep)
         self._update_sha: str | None = None
         self._ack_sha: str | None = None
+        self._aci_sha: str | None = None
         # redis-py release check, once per store (False: the public pipeline only; see _redis_compat)
         self._raw_tested = _redis_compat.check_version()
 
@@ -126,9 +128,10 @@ class WindowStore:
 
     # --- scripts ------------------------------------------------------------------------
     async def load_scripts(self) -> None:
-        """SCRIPT LOAD both scripts (again after a Redis restart / failover)."""
+        """SCRIPT LOAD the scripts (again after a Redis restart / failover)."""
         self._update_sha = await self.client.script_load(UPDATE_LUA)
         self._ack_sha = await self.client.script_load(ACK_LUA)
+        self._aci_sha = await self.client.script_load(ACI_LUA)
 
     async def _run_pipelined(self, sha_attr: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         """EVALSHA every call in one round trip; reload the scripts on NOSCRIPT and replay."""
@@ -164,9 +167,9 @@ class WindowStore:
         return await pipe.execute(raise_on_error=False)
 
     # --- operations ---------------------------------------------------------------------
-    def _calls(self, records: Sequence[Telemetry]) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
-        """Update-script calls for ``records`` (each at most CALL_RECORDS, record order kept
-        per link) and, per call, the positions of its records in ``records``."""
+    def _runs(self, records: Sequence[Telemetry]) -> list[list[int]]:
+        """Positions of ``records`` per script call: at most CALL_RECORDS each, record order
+        kept per link."""
         if _redis_compat.is_cluster(self.client):
             # Redis Cluster: a call may only touch keys of one slot. A link's keys share
             # its slot (hash tag), so grouping by slot keeps each link's order.
@@ -175,9 +178,12 @@ class WindowStore:
             groups: dict[int, list[int]] = {}
             for i, r in enumerate(records):
                 groups.setdefault(key_slot(self.meta_key(r.link_id).encode()), []).append(i)
-            runs = [g[j : j + CALL_RECORDS] for g in groups.values() for j in range(0, len(g), CALL_RECORDS)]
-        else:
-            runs = [list(range(j, min(j + CALL_RECORDS, len(records)))) for j in range(0, len(records), CALL_RECORDS)]
+            return [g[j : j + CALL_RECORDS] for g in groups.values() for j in range(0, len(g), CALL_RECORDS)]
+        return [list(range(j, min(j + CALL_RECORDS, len(records)))) for j in range(0, len(records), CALL_RECORDS)]
+
+    def _calls(self, records: Sequence[Telemetry]) -> tuple[list[tuple[Any, ...]], list[list[int]]]:
+        """Update-script calls for ``records`` and, per call, the positions of its records in ``records``."""
+        runs = self._runs(records)
         head = (str(self.ttl_s), str(self.keep), str(WINDOW))
         prefix = self.prefix
         calls = []
@@ -236,6 +242,34 @@ class WindowStore:
             runs = [items[j : j + 4 * CALL_RECORDS] for j in range(0, len(items), 4 * CALL_RECORDS)]
         calls = [(len(run), *(self.meta_key(lid) for lid, _ in run), *(pad_seq(s) for _, s in run)) for run in runs]
         await self._run_pipelined("_ack_sha", calls)
+
+    async def calibrate(self, records: Sequence[Telemetry], q: np.ndarray, params: AciParams) -> np.ndarray:
+        """Online calibration of the decided ``records`` (stream.pipeline.aci): ``q`` (n, 3) is the
+        model's h = 1 p10/p50/p90 per record; returns the published (n, 2) p10/p90, after
+        updating each link's offsets in one atomic call (per CALL_RECORDS records)."""
+        if not records:
+            return np.empty((0, 2))
+        head = (repr(params.gamma), repr(params.tau_lo), repr(params.tau_hi), repr(params.max_offset), str(self.ttl_s))
+        runs = self._runs(records)
+        rows = np.asarray(q, dtype=np.float64).tolist()
+        calls = []
+        for run in runs:
+            keys = [f"{self.prefix}:{{{records[i].link_id}}}:m" for i in run]
+            args: list[Any] = list(head)
+            for i in run:
+                lo, mid, hi = rows[i]
+                args += [b"%020d" % records[i].seq, repr(records[i].bandwidth_mbps), repr(lo), repr(mid), repr(hi)]
+            calls.append((len(keys), *keys, *args))
+        replies = await self._run_pipelined("_aci_sha", calls)
+        out = np.empty((len(records), 2))
+        for run, reply in zip(runs, replies):
+            out[run] = np.array(reply.split(), dtype=np.float64).reshape(-1, 2)
+        return out
+
+    async def aci_state(self, link_id: str) -> AciState | None:
+        """A link's stored calibration state (tests, tools)."""
+        raw = await self.client.hget(self.meta_key(link_id), "aci")
+        return AciState.decode(raw) if raw else None
 
     async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored states of a link: (seqs (n,), features (n, 4)), oldest first (for tests/tools)."""

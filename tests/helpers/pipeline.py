@@ -20,6 +20,7 @@ from stream.core.settings import Settings
 from stream.ops.harness import WorkerSubprocess
 
 STAND_IN = "tests.helpers.pipeline:LastValuePredictor"
+QUANTILE_STAND_IN = "tests.helpers.pipeline:QuantileStandIn"
 
 
 @dataclass
@@ -42,6 +43,37 @@ class LastValuePredictor:
         self.calls.append(len(windows))
         bw = windows[:, -1, 1].copy()
         return StandInPrediction(bw, np.full(len(windows), 4, dtype=np.int64), windows[:, :, 1].max(axis=1))
+
+
+@dataclass
+class QuantilePrediction:
+    bandwidth_mbps: np.ndarray
+    action: np.ndarray
+    reference_bandwidth_mbps: np.ndarray
+    wire_quantiles: np.ndarray
+    horizons: tuple[int, ...]
+    forecast_source: np.ndarray
+    policy: np.ndarray
+
+
+class QuantileStandIn:
+    """TEST-ONLY stand-in quantile model: around the last value x, p10 = 0.8 x, p50 = x,
+    p90 = 1.25 x, for h = 1, 10, 60."""
+
+    version = "quantile-stand-in"
+
+    def __init__(self) -> None:
+        self.profiles_seen: list = []
+
+    def predict(self, windows: np.ndarray, profiles=None) -> QuantilePrediction:
+        self.profiles_seen.append(list(profiles or []))
+        last = np.maximum(windows[:, -1, 1], 0.0)
+        q = np.stack([last * 0.8, last, last * 1.25], axis=1)[:, None, :].repeat(3, axis=1)  # (N, 3, 3)
+        n = len(windows)
+        return QuantilePrediction(
+            last, np.full(n, 4), windows[:, :, 1].max(axis=1), q, (1, 10, 60),
+            np.array(["ewma"] * n, dtype=object), np.array(["ewma_rule"] * n, dtype=object),
+        )  # fmt: skip
 
 
 def make_record(link: int | str, seq: int, profile: str | None = "datacenter") -> Telemetry:

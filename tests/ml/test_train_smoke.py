@@ -169,7 +169,7 @@ def test_buckets_pad_the_worker_chunk_sizes_by_at_most_half():
 
 
 def test_xla_and_plain_graph_predict_the_same(model_dir):
-    from ml.serving.predictor import XLA_MIN, Predictor
+    from ml.serving.predictor import Predictor
     from ml.serving.registry import load_version
 
     loaded = load_version(model_dir)
@@ -181,8 +181,11 @@ def test_xla_and_plain_graph_predict_the_same(model_dir):
     np.testing.assert_array_equal(a.reference_bandwidth_mbps, b.reference_bandwidth_mbps)
     # argmax of Q-values equal up to float32 rounding: the same action nearly everywhere
     assert np.mean(a.action == b.action) > 0.999
-    small = w[: XLA_MIN // 4]  # a bucket below XLA_MIN: both use the plain graph, identical
-    np.testing.assert_array_equal(xla.predict(small).bandwidth_mbps, plain.predict(small).bandwidth_mbps)
+    for n in (1, 3):  # the smallest buckets (a lone `bwp serve` client) are XLA-compiled too
+        small = w[:n]
+        np.testing.assert_allclose(
+            xla.predict(small).bandwidth_mbps, plain.predict(small).bandwidth_mbps, rtol=1e-4, atol=1e-6
+        )
 
 
 def test_serving_import_does_not_pull_in_training_code(model_dir):

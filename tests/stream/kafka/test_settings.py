@@ -67,6 +67,7 @@ def _env_values(pki: dict[str, Path]) -> dict[str, tuple[str, object]]:
         "serve_max_batch": ("256", 256),
         "serve_max_windows": ("64", 64),
         "serve_max_body_bytes": ("65536", 65536),
+        "aci_gamma": ("0.05", 0.05),
         "routes_interval_s": ("2.5", 2.5),
         "routes_stale_s": ("60", 60.0),
         "tf_xla": ("off", False),
@@ -99,6 +100,7 @@ def test_cli_flag_overrides_env(flag: str, dest: str, monkeypatch: pytest.Monkey
     from_env, from_flag = {
         "kafka_bootstrap": ("10.0.0.1:9092", "10.0.0.2:9092"),
         "redis_url": ("redis://10.0.0.1:6379/0", "redis://10.0.0.2:6379/1"),
+        "aci_gamma": ("0.05", "0.2"),
     }.get(dest, ("env-value", "flag-value"))
     monkeypatch.setenv(f"BWP_{dest.upper()}", from_env)
     parser = argparse.ArgumentParser()

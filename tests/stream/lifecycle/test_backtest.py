@@ -14,7 +14,14 @@ from stream.core.records import Decision, Telemetry
 from stream.lifecycle.backtest import backtest, run_pipeline
 from stream.pipeline.memory_window import MemoryWindowStore
 from stream.pipeline.window import Outcome
-from tests.helpers.pipeline import STAND_IN, LastValuePredictor, TopicReader, WorkerProcess
+from tests.helpers.pipeline import (
+    QUANTILE_STAND_IN,
+    STAND_IN,
+    LastValuePredictor,
+    QuantileStandIn,
+    TopicReader,
+    WorkerProcess,
+)
 
 T0 = 1_764_000_000_000
 
@@ -132,15 +139,19 @@ def test_backtest_with_stand_in_is_last_value_and_fixed_50(tmp_path):
 
 
 @pytest.mark.integration
-def test_replay_through_kafka_gives_the_backtest_decisions(bwp_settings, tmp_path):
-    """Same files: `bwp replay --speed max` + the Kafka worker vs `bwp backtest` (stand-in model)."""
+@pytest.mark.parametrize("stand_in", [STAND_IN, QUANTILE_STAND_IN])
+def test_replay_through_kafka_gives_the_backtest_decisions(bwp_settings, tmp_path, stand_in):
+    """Same files: `bwp replay --speed max` + the Kafka worker vs `bwp backtest` (stand-in
+    models). With the quantile stand-in the published h = 1 p10/p90 carry the per-link online
+    calibration, which must not depend on how the worker cut its micro-batches."""
     from stream.lifecycle.replay import replay
 
     _fleet_files(tmp_path, links=8, steps=30)
-    decisions, _, _, _ = run_pipeline([tmp_path / "d"], LastValuePredictor(), batch_max=2048)
+    predictor = LastValuePredictor() if stand_in == STAND_IN else QuantileStandIn()
+    decisions, _, _, _ = run_pipeline([tmp_path / "d"], predictor, batch_max=2048)
     want = {(d.link_id, d.seq): d for d in decisions}
 
-    worker = WorkerProcess(bwp_settings, tmp_path / "worker.log", predictor=STAND_IN).start()
+    worker = WorkerProcess(bwp_settings, tmp_path / "worker.log", predictor=stand_in).start()
     reader = TopicReader(bwp_settings, bwp_settings.decisions_topic, partitions=bwp_settings.partitions)
     try:
         replay(bwp_settings, [tmp_path / "d"], speed=None, progress=None)
@@ -157,6 +168,11 @@ def test_replay_through_kafka_gives_the_backtest_decisions(bwp_settings, tmp_pat
         assert d.action == b.action
         assert d.predicted_bandwidth_mbps == pytest.approx(b.predicted_bandwidth_mbps, rel=1e-6)
         assert d.allocated_bandwidth_mbps == pytest.approx(b.allocated_bandwidth_mbps, rel=1e-6)
+        assert (d.forecast is None) == (b.forecast is None)
+        if d.forecast is not None:
+            np.testing.assert_allclose(np.array(d.forecast), np.array(b.forecast), rtol=1e-9)
+    if stand_in == QUANTILE_STAND_IN:  # the calibration did move the interval (the check is not vacuous)
+        assert any(d.forecast[0][1] != pytest.approx(0.8 * d.predicted_bandwidth_mbps) for d in got)
 
 
 @pytest.mark.slow

@@ -3,8 +3,6 @@ v3 compression hint from the core's profile and horizon."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import orjson
 import pytest
@@ -13,40 +11,10 @@ from stream.core.compression import CompressionProfile, LevelProfile, choose
 from stream.core.records import WINDOW, Decision, Telemetry
 from stream.core.schemas import decisions_schema
 from stream.pipeline.model import build_decisions, check_prediction
-from tests.helpers.pipeline import LastValuePredictor, make_record
+from tests.helpers.pipeline import LastValuePredictor, QuantileStandIn, make_record
 from tests.helpers.pipeline_core import in_records, run_core
 
 jsonschema = pytest.importorskip("jsonschema")
-
-
-@dataclass
-class _QPred:
-    bandwidth_mbps: np.ndarray
-    action: np.ndarray
-    reference_bandwidth_mbps: np.ndarray
-    wire_quantiles: np.ndarray
-    horizons: tuple[int, ...]
-    forecast_source: np.ndarray
-    policy: np.ndarray
-
-
-class _QuantileStandIn:
-    """Quantiles around the last value: p10 = 0.8 x, p50 = x, p90 = 1.25 x, for h = 1, 10, 60."""
-
-    version = "quantile-stand-in"
-
-    def __init__(self) -> None:
-        self.profiles_seen: list = []
-
-    def predict(self, windows: np.ndarray, profiles=None) -> _QPred:
-        self.profiles_seen.append(list(profiles or []))
-        last = np.maximum(windows[:, -1, 1], 0.0)
-        q = np.stack([last * 0.8, last, last * 1.25], axis=1)[:, None, :].repeat(3, axis=1)  # (N, 3, 3)
-        n = len(windows)
-        return _QPred(
-            last, np.full(n, 4), windows[:, :, 1].max(axis=1), q, (1, 10, 60),
-            np.array(["ewma"] * n, dtype=object), np.array(["ewma_rule"] * n, dtype=object),
-        )  # fmt: skip
 
 
 def _decide(settings, predictor, **kw):
@@ -57,7 +25,7 @@ def _decide(settings, predictor, **kw):
 
 
 def test_quantile_model_decisions_are_v3_with_its_forecast(bwp_settings):
-    pred = _QuantileStandIn()
+    pred = QuantileStandIn()
     out = _decide(bwp_settings, pred)
     assert len(out) == 3 and pred.profiles_seen[-1] == ["internet"] * 3  # the core passes each record's profile
     for d in out:
@@ -72,7 +40,7 @@ def test_quantile_model_decisions_are_v3_with_its_forecast(bwp_settings):
 
 
 def test_v1_setting_publishes_v1_records(bwp_settings):
-    for predictor in (_QuantileStandIn(), LastValuePredictor()):
+    for predictor in (QuantileStandIn(), LastValuePredictor()):
         for d in _decide(bwp_settings, predictor, schema_version=1):
             obj = orjson.loads(d.to_bytes())
             jsonschema.validate(obj, decisions_schema(1))
@@ -80,7 +48,7 @@ def test_v1_setting_publishes_v1_records(bwp_settings):
 
 
 def test_v2_setting_publishes_v2_records(bwp_settings):
-    for predictor in (_QuantileStandIn(), LastValuePredictor()):
+    for predictor in (QuantileStandIn(), LastValuePredictor()):
         for d in _decide(bwp_settings, predictor, schema_version=2):
             obj = orjson.loads(d.to_bytes())
             jsonschema.validate(obj, decisions_schema(2))
@@ -93,7 +61,7 @@ _PROFILE = CompressionProfile((LevelProfile(1, 20.0, 0.5), LevelProfile(3, 4.0, 
 
 @pytest.mark.parametrize("horizon, col", [(10, 1), (60, 2), (5, 2)])  # h=5 not forecast: the largest, 60
 def test_core_fills_the_hint_from_its_profile_and_horizon(bwp_settings, horizon, col):
-    class Spread(_QuantileStandIn):
+    class Spread(QuantileStandIn):
         def predict(self, windows, profiles=None):
             p = super().predict(windows, profiles)
             p.wire_quantiles = p.wire_quantiles * np.array([1.0, 3.0, 9.0])[None, :, None]  # h=10, 60 differ
@@ -118,13 +86,13 @@ def test_point_model_gives_the_degenerate_v3_form(bwp_settings):
 
 def test_crossing_or_misshapen_quantiles_are_a_predictor_error():
     w = np.ones((2, WINDOW, 4))
-    good = _QuantileStandIn().predict(w)
+    good = QuantileStandIn().predict(w)
     check_prediction(good, 2, "v")
-    crossed = _QuantileStandIn().predict(w)
+    crossed = QuantileStandIn().predict(w)
     crossed.wire_quantiles = crossed.wire_quantiles[:, :, ::-1].copy()
     with pytest.raises(ValueError, match="non-decreasing"):
         check_prediction(crossed, 2, "v")
-    short = _QuantileStandIn().predict(w)
+    short = QuantileStandIn().predict(w)
     short.wire_quantiles = short.wire_quantiles[:, :2]
     with pytest.raises(ValueError, match="wire_quantiles of shape"):
         check_prediction(short, 2, "v")
@@ -132,7 +100,7 @@ def test_crossing_or_misshapen_quantiles_are_a_predictor_error():
 
 def test_build_decisions_keeps_record_order():
     recs = [Telemetry(f"l{i}", i, i, 1, 10.0 + i, 0, 1) for i in range(3)]
-    pred = _QuantileStandIn().predict(np.stack([np.full((WINDOW, 4), 10.0 + i) for i in range(3)]))
+    pred = QuantileStandIn().predict(np.stack([np.full((WINDOW, 4), 10.0 + i) for i in range(3)]))
     out = build_decisions(recs, pred, "v", 5, 2)
     assert [(d.link_id, d.seq) for d in out] == [("l0", 0), ("l1", 1), ("l2", 2)]
     assert [d.predicted_bandwidth_mbps for d in out] == [10.0, 11.0, 12.0]
