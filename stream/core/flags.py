@@ -27,7 +27,7 @@ _SETTINGS_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "--aci-gamma",
         "aci_gamma",
         float,
-        "step size of the per-link online calibration of h=1 p10/p90, 0 = off (env BWP_ACI_GAMMA, default 0.01)",
+        "step size of the per-link online calibration of h=1 p10/p90, 0 = off (env BWP_ACI_GAMMA, default 0.005)",
     ),
 )
 

@@ -101,7 +101,7 @@ class Settings(BaseSettings):
         "uses its largest horizon (h=1 for a point model).",
     )  # fmt: skip
     aci_gamma: float = Field(
-        0.01, ge=0, le=1,
+        0.005, ge=0, le=1,
         description="Step size of the per-link online calibration of the published h=1 p10/p90 (adaptive "
         "conformal inference, docs/models.md); 0 = off (the model's split-conformal quantiles as they are).",
     )  # fmt: skip

@@ -50,7 +50,7 @@ TAU_LO, TAU_HI = 0.1, 0.9
 class AciParams:
     """Step size of the online calibration (``BWP_ACI_GAMMA``; 0 turns it off)."""
 
-    gamma: float = 0.01
+    gamma: float = 0.005
     tau_lo: float = TAU_LO
     tau_hi: float = TAU_HI
     max_offset: float = MAX_OFFSET
