@@ -54,7 +54,7 @@ def _bwp_image(svc: dict[str, Any]) -> bool:
 # --- docker-compose.yml ---------------------------------------------------------------------
 def test_services_present(services: dict[str, Any]) -> None:
     wanted = {"kafka", "redis", "prometheus", "grafana", "worker", "simulator", "recorder", "retrain-cron",
-              "kafka-init", "model-init"}  # fmt: skip
+              "kafka-init", "model-init", "serve"}  # fmt: skip
     assert wanted <= set(services), f"missing services: {wanted - set(services)}"
 
 
@@ -168,6 +168,18 @@ def test_worker_is_scalable(services: dict[str, Any]) -> None:
     assert "ports" not in w, "published host ports collide when scaled; use expose"
     assert "hostname" not in w
     assert w["command"][0] == "worker" and "--metrics-port" in w["command"]
+
+
+def test_serve_is_published_on_loopback_and_checked_for_readiness(services: dict[str, Any]) -> None:
+    svc = services["serve"]
+    assert svc["command"][0] == "serve"
+    _parses_as_bwp(svc["command"])
+    assert svc["environment"]["BWP_SERVE_HOST"] == "0.0.0.0"  # inside the container only
+    assert svc["ports"] == ["127.0.0.1:8501:8501"], "the API must not be published beyond the host's loopback"
+    assert svc["healthcheck"]["test"][-1] == "http://127.0.0.1:8501/v2/health/ready"
+    assert any(v.endswith(":ro") and v.startswith("models:") for v in svc["volumes"])
+    prom = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert any(j["job_name"] == "bwp-serve" for j in prom["scrape_configs"]), "the API's /metrics is not scraped"
 
 
 def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
