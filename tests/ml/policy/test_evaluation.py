@@ -130,7 +130,7 @@ def test_cli_rules_from_model_metadata_and_quantile_forecaster() -> None:
             }
         }
 
-        def quantile(self, windows: np.ndarray, tau: float) -> np.ndarray:
+        def quantile(self, windows: np.ndarray, tau: float, profiles=None) -> np.ndarray:
             return windows[:, -1, 1] * tau
 
     notes: list[str] = []
