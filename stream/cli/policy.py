@@ -140,7 +140,7 @@ def _rules(args: argparse.Namespace, pred: Any, profile: str, notes: list[str]) 
     def load(key: str, cls: Any, tune: Any) -> tuple[Any, str]:
         try:
             return cls.from_json(pol[key]), "model metadata"
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):  # missing, or null (a point model's quantile_rule)
             series, label = train_series()
             notes.append(f"{key}: no tuned parameters in the model's metadata; tuned on {label}")
             return tune(series), label
