@@ -10,7 +10,9 @@ through :func:`train`. Data and seeds:
 
 Preprocessing statistics and the EWMA baseline's alpha are fitted on the training
 links only. The DDQN is trained on the training links with the freshly trained LSTM
-as its forecaster.
+as its forecaster: for a quantile model, the served h = 1 p10 / median / p90 of each
+link's profile (the quantiles observation layout, 11 columns, recorded as
+``metadata["policy"]["observation"]``); for a point model its forecast (9 columns).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from ml.forecast.training import (
     make_quantile_model_fn,
     served_functions,
 )
+from ml.policy.observation import QUANTILE_OBS_LEVELS
 from ml.policy.rules import tune_ewma_rule, tune_quantile_rule
 from ml.serving.registry import save_version
 from ml.serving.runtime import configure_tf
@@ -153,25 +156,30 @@ def train(config: TrainConfig) -> str:
 
     t0 = time.monotonic()
     spec: ForecastSpec | None = None
-    quantile_fn = None
+    fns: dict[str | None, tuple] = {}  # profile (None: "*") -> (forecast, quantile_fn, policy forecaster)
     if cfg.head == "quantile":
         model, pre, spec, lstm_hist = fit_quantile_forecaster(
             train_links, val_links, cfg.lstm, cfg.seed, cfg.horizons, cfg.quantiles, cfg.feature_mode, say
         )
         model_fn = make_quantile_model_fn(model, pre, len(spec.horizons))
-        forecaster, quantile_fn = served_functions(model_fn, spec)
+        tails = (QUANTILE_OBS_LEVELS[0], QUANTILE_OBS_LEVELS[-1])
+        for p in {None, *(ls.profile for ls in train_links + val_links)}:
+            fns[p] = served_functions(model_fn, spec, p, tails)  # the serving graph's choices for p
         alpha = spec.naive.alphas[0]
     else:
         model, pre, alpha, lstm_hist = fit_forecaster(train_links, val_links, cfg.lstm, cfg.seed, cfg.feature_mode, say)
-        forecaster = make_forecaster(model, pre)
+        point = make_forecaster(model, pre)
+        fns[None] = (point, None, point)
+    forecaster = fns[None][0]
     timings["lstm_s"] = round(time.monotonic() - t0, 1)
 
     t0 = time.monotonic()
-    qnet, ddqn_hist = _train_policy(cfg, train_links, forecaster, say)
+    qnet, ddqn_hist = _train_policy(cfg, train_links, [fns.get(ls.profile, fns[None])[2] for ls in train_links], say)
     timings["ddqn_s"] = round(time.monotonic() - t0, 1)
 
     t0 = time.monotonic()
-    policy_meta = _choose_policy(train_links, val_links, forecaster, quantile_fn, qnet, say)
+    policy_meta = _choose_policy(train_links, val_links, fns, qnet, say)
+    policy_meta["observation"] = ddqn_hist["observation"]
     timings["policy_select_s"] = round(time.monotonic() - t0, 1)
 
     t0 = time.monotonic()
@@ -203,8 +211,10 @@ def train(config: TrainConfig) -> str:
     return version
 
 
-def _train_policy(cfg: TrainConfig, train_links: list[LinkSeries], forecaster: Any, say: Progress) -> tuple[Any, dict]:
-    """The DDQN on the training links, with its own budget (``DDQNConfig``)."""
+def _train_policy(
+    cfg: TrainConfig, train_links: list[LinkSeries], forecasters: list[Any], say: Progress
+) -> tuple[Any, dict]:
+    """The DDQN on the training links (one forecaster per link), with its own budget (``DDQNConfig``)."""
     # gymnasium (through ml.policy.env): only the DDQN training needs it
     from ml.policy.ddqn import DDQNConfig, train_ddqn
 
@@ -215,24 +225,26 @@ def _train_policy(cfg: TrainConfig, train_links: list[LinkSeries], forecaster: A
     def ddqn_progress(d: dict[str, Any]) -> None:
         say("ddqn " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()))
 
-    return train_ddqn([ls.data for ls in train_links], forecaster, dcfg, cfg.seed, ddqn_progress)
+    return train_ddqn([ls.data for ls in train_links], forecasters, dcfg, cfg.seed, ddqn_progress)
 
 
 def _choose_policy(
     train_links: list[LinkSeries],
     val_links: list[LinkSeries],
-    forecaster: Any,
-    quantile_fn: Any,
+    fns: dict[str | None, tuple],
     qnet: Any,
     say: Progress,
 ) -> dict[str, Any]:
-    """Tune both rules on the training links; pick the serving policy per profile on validation."""
+    """Tune both rules on the training links; pick the serving policy per profile on validation, each
+    profile scored with its own served forecasts (``fns``: profile -> forecast, quantile_fn, policy
+    forecaster; None = the ``"*"`` choices, which also tune the quantile rule)."""
     # gymnasium (through ml.policy.env): only training needs the policy evaluation
     from ml.policy.evaluation import qnet_policy
     from ml.policy.selection import select_policies  # gymnasium, through ml.policy.evaluation
 
     series = [ls.data for ls in train_links]
     ewma_rule = tune_ewma_rule(series)
+    quantile_fn = fns[None][1]
     qrule = tune_quantile_rule(series, quantile_fn) if quantile_fn is not None else None
     say(f"rules tuned on training links: EWMA alpha {ewma_rule.alpha} k {ewma_rule.k}; quantile tau "
         f"{qrule.tau if qrule else None}")  # fmt: skip
@@ -240,8 +252,14 @@ def _choose_policy(
     for ls in val_links:
         if ls.profile:
             groups.setdefault(ls.profile, []).append(ls.data)
+    by_group = {g: fns.get(None if g == "*" else g, fns[None]) for g in groups}
     serving, evidence = select_policies(
-        groups, forecaster, qnet_policy(qnet), ewma_rule, (qrule, quantile_fn) if qrule else None, say
+        groups,
+        {g: f[2] for g, f in by_group.items()},
+        qnet_policy(qnet),
+        ewma_rule,
+        (qrule, {g: f[1] for g, f in by_group.items()}) if qrule else None,
+        say,
     )
     if qrule is None:  # a point model has no calibrated quantiles to serve the quantile rule with
         serving = {g: ("ewma_rule" if p == "quantile_rule" else p) for g, p in serving.items()}

@@ -156,6 +156,15 @@ def interpolate_tau(z: np.ndarray, taus: Sequence[float], tau: float) -> np.ndar
     return out
 
 
+def quantile_column(z: np.ndarray, taus: Sequence[float], tau: float) -> np.ndarray:
+    """Quantile ``tau`` of forecasts ``z`` (N, Q): the column itself when ``tau`` is one of ``taus``
+    (the served quantile, exactly), else :func:`interpolate_tau`."""
+    for j, t in enumerate(taus):
+        if abs(t - tau) < 1e-9:
+            return np.asarray(z, dtype=np.float64)[:, j]
+    return interpolate_tau(z, taus, tau)
+
+
 def quantile_at(windows: np.ndarray, q_mbps: np.ndarray, taus: Sequence[float], tau: float) -> np.ndarray:
     """Quantile ``tau`` (N,) Mbit/s of quantile forecasts ``q_mbps`` (N, Q) at levels ``taus``,
     interpolated in the ratio space (:func:`interpolate_tau`)."""

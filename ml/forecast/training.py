@@ -27,6 +27,7 @@ from ml.forecast.quantiles import (
     horizon_targets,
     interpolate_tau,
     level_eps,
+    quantile_column,
     to_ratio,
 )
 from stream.core.errors import DataError
@@ -171,16 +172,27 @@ def fit_quantile_forecaster(
 
 
 def served_functions(
-    model_fn: Callable[[np.ndarray], np.ndarray], spec: ForecastSpec
-) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, float], np.ndarray]]:
-    """The numpy twins of the serving graph's forecast, for training and evaluation:
-    ``forecast(windows)`` -> the served h=1 median (N,) and ``quantile_fn(windows, tau)`` -> the
-    served h=1 ``tau``-quantile (N,), Mbit/s, both with the all-profiles (``"*"``) choices."""
+    model_fn: Callable[[np.ndarray], np.ndarray],
+    spec: ForecastSpec,
+    profile: str | None = None,
+    tails: tuple[float, float] = (0.1, 0.9),
+) -> tuple[
+    Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray, float], np.ndarray], Callable[[np.ndarray], np.ndarray]
+]:
+    """The numpy twins of the serving graph's forecast, for training and evaluation, with the
+    calibration and fallback choices of ``profile``'s group (None or unknown: ``"*"``), all Mbit/s:
+
+    * ``forecast(windows)`` -> the served h = 1 median (N,);
+    * ``quantile_fn(windows, tau)`` -> the served h = 1 ``tau``-quantile (N,);
+    * ``policy_forecast(windows)`` -> the served h = 1 ``tails[0]``-quantile, median and
+      ``tails[1]``-quantile (N, 3) (:func:`~ml.forecast.quantiles.quantile_column`): what the serving
+      graph feeds the quantiles observation (``ml.policy.observation.QUANTILE_OBS_LEVELS``).
+    """
     mid = len(spec.quantiles) // 2
 
     def served_z(windows: np.ndarray) -> np.ndarray:
         w = np.asarray(windows, dtype=np.float64)
-        return spec.served_ratio(w, [None] * len(w), model_fn(w))[0][:, 0]  # (N, Q)
+        return spec.served_ratio(w, [profile] * len(w), model_fn(w))[0][:, 0]  # (N, Q)
 
     def forecast(windows: np.ndarray) -> np.ndarray:
         return from_ratio(windows, served_z(windows)[:, mid])
@@ -188,7 +200,12 @@ def served_functions(
     def quantile_fn(windows: np.ndarray, tau: float) -> np.ndarray:
         return from_ratio(windows, interpolate_tau(served_z(windows), spec.quantiles, tau))
 
-    return forecast, quantile_fn
+    def policy_forecast(windows: np.ndarray) -> np.ndarray:
+        z = served_z(windows)
+        lo, hi = (quantile_column(z, spec.quantiles, t) for t in tails)
+        return from_ratio(windows, np.stack([lo, z[:, mid], hi], axis=1))
+
+    return forecast, quantile_fn, policy_forecast
 
 
 def horizon_windows_of(

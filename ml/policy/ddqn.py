@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from ml.policy.buffer import ReplayBuffer
-from ml.policy.env import DEFAULT_EPISODE_LEN, Forecaster, SeriesData, precompute
+from ml.policy.env import DEFAULT_EPISODE_LEN, Forecaster, SeriesData, precompute_series
 from ml.policy.evaluation import baseline_rewards
-from ml.policy.observation import OBS_DIM, OBS_NAMES
+from ml.policy.observation import OBS_NAMES
 from ml.policy.qnet import build_qnetwork
 from ml.policy.rules import action_histogram, is_collapsed
 from stream.core.records import N_ACTIONS
@@ -117,7 +117,7 @@ def double_dqn_targets(
 
 def _greedy(act_fn: Callable[[np.ndarray], np.ndarray], val: list[tuple[SeriesData, int, int]]) -> tuple[Any, float]:
     """Greedy actions (sum n,) on validation episodes (data, start, length) and their mean reward."""
-    acts = act_fn(np.concatenate([d.obs[s : s + n] for d, s, n in val]))  # obs (sum n, OBS_DIM)
+    acts = act_fn(np.concatenate([d.obs[s : s + n] for d, s, n in val]))  # obs (sum n, obs_dim)
     rew = np.concatenate([d.rewards[s : s + n] for d, s, n in val])  # (sum n, 10)
     return acts, float(rew[np.arange(rew.shape[0]), acts].mean())
 
@@ -128,7 +128,7 @@ class _QNets:
 
     online: Any
     target: Any
-    act: Callable[[np.ndarray], np.ndarray]  # obs (N, OBS_DIM) -> greedy actions (N,) int32
+    act: Callable[[np.ndarray], np.ndarray]  # obs (N, obs_dim) -> greedy actions (N,) int32
     q_next: Callable[[np.ndarray], Any]  # next obs -> (Q_online, Q_target), both in inference mode
     train_step: Callable[[np.ndarray, np.ndarray, np.ndarray], Any]  # (obs, actions, y) -> Huber loss
 
@@ -152,14 +152,6 @@ class _Run:
     stale_evals: int = 0  # greedy evaluations since the last improvement (patience)
     patience_best: float = -np.inf
     started: float = field(default_factory=time.monotonic)  # the time budget counts from train_ddqn's start
-
-
-def _usable_series(series: Sequence[np.ndarray], forecaster: Forecaster, use_forecast: bool) -> list[SeriesData]:
-    """Precomputed episode data of every series with at least one decision (raises ValueError if none)."""
-    datas = [d for d in (precompute(s, forecaster, use_forecast) for s in series) if d.n_steps >= 1]
-    if not datas:
-        raise ValueError("train_ddqn needs at least one series with more than 10 rows")
-    return datas
 
 
 def _draw_episode(rng: np.random.Generator, datas: list[SeriesData], episode_len: int) -> tuple[SeriesData, int, int]:
@@ -189,8 +181,9 @@ def _build_nets(cfg: DDQNConfig, seed: int, datas: list[SeriesData]) -> _QNets:
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
 
-    online = build_qnetwork(OBS_DIM, N_ACTIONS, cfg.variant, cfg.dropout, seed=seed)
-    target = build_qnetwork(OBS_DIM, N_ACTIONS, cfg.variant, cfg.dropout, seed=seed)
+    dim = datas[0].obs.shape[1]  # the observation layout's width
+    online = build_qnetwork(dim, N_ACTIONS, cfg.variant, cfg.dropout, seed=seed)
+    target = build_qnetwork(dim, N_ACTIONS, cfg.variant, cfg.dropout, seed=seed)
     if cfg.value_init and cfg.gamma < 1.0:
         # Start Q at the discounted value of the random policy's mean reward, so the network
         # need not first grow the large action-independent offset r/(1-gamma) from 0.
@@ -201,7 +194,7 @@ def _build_nets(cfg: DDQNConfig, seed: int, datas: list[SeriesData]) -> _QNets:
     target.set_weights(online.get_weights())
     opt = keras.optimizers.Adam(learning_rate=cfg.lr)
     huber = keras.losses.Huber(delta=cfg.huber_delta)
-    spec = tf.TensorSpec([None, OBS_DIM], tf.float32)
+    spec = tf.TensorSpec([None, dim], tf.float32)
 
     @tf.function(input_signature=[spec])
     def q_greedy(obs):
@@ -228,8 +221,8 @@ def _build_nets(cfg: DDQNConfig, seed: int, datas: list[SeriesData]) -> _QNets:
 def _act(run: _Run, nets: _QNets, buf: ReplayBuffer, rng: np.random.Generator, cfg: DDQNConfig) -> None:
     """One vector step: epsilon-greedy actions for every env, transitions into ``buf``, epsilon decay."""
     k = len(run.envs)
-    obs = np.stack([d.obs[s + ti] for (d, s, _), ti in zip(run.envs, run.t)])  # (k, OBS_DIM)
-    nxt = np.stack([d.obs[s + ti + 1] for (d, s, _), ti in zip(run.envs, run.t)])  # (k, OBS_DIM)
+    obs = np.stack([d.obs[s + ti] for (d, s, _), ti in zip(run.envs, run.t)])  # (k, obs_dim)
+    nxt = np.stack([d.obs[s + ti + 1] for (d, s, _), ti in zip(run.envs, run.t)])  # (k, obs_dim)
     greedy = nets.act(obs)
     explore = rng.random(k) < run.eps
     actions = np.where(explore, rng.integers(0, N_ACTIONS, size=k), greedy).astype(np.int32)
@@ -331,17 +324,18 @@ def _stop_reason(run: _Run, cfg: DDQNConfig) -> str | None:
 
 def train_ddqn(
     series: Sequence[np.ndarray],
-    forecaster: Forecaster,
+    forecaster: Forecaster | Sequence[Forecaster],
     config: DDQNConfig | None = None,
     seed: int = 0,
     progress: EpisodeCallback | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a Q-network on episodes drawn from ``series`` (each (T, 4), FEATURES order).
 
-    ``forecaster`` maps windows (N, 10, 4) to next-bandwidth forecasts (N,) Mbit/s (the
+    ``forecaster`` (one, or one per series) maps windows (N, 10, 4) to next-bandwidth forecasts
+    (N,) Mbit/s, or to the served h = 1 quantiles (N, 3) for the quantiles observation layout (the
     LSTM's in production; any callable in tests). ``progress`` is called after each
     greedy evaluation with its ``greedy_eval`` row. Stops as the module docstring says. Returns
-    the online Keras model (``(None, OBS_DIM) -> (None, 10)``) and a JSON-able history: per-episode
+    the online Keras model (``(None, obs_dim) -> (None, 10)``) and a JSON-able history: per-episode
     training reward, greedy validation curve (``greedy_eval``), ``stopped_by``, the returned
     network's greedy ``action_histogram`` on the validation episodes and ``collapsed``, the
     baselines on the validation episodes, the config, the seed and timings.
@@ -352,11 +346,11 @@ def train_ddqn(
     started = time.monotonic()
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
-    datas = _usable_series(series, forecaster, cfg.use_forecast)
+    datas = precompute_series(series, forecaster, cfg.use_forecast)
     val = [_draw_episode(rng, datas, cfg.episode_len) for _ in range(cfg.eval_episodes)]
     history = _new_history(val)
     nets = _build_nets(cfg, seed, datas)
-    buf = ReplayBuffer(cfg.replay_size, OBS_DIM)
+    buf = ReplayBuffer(cfg.replay_size, datas[0].obs.shape[1])
     k = min(cfg.n_envs, cfg.episodes)
     envs = [_draw_episode(rng, datas, cfg.episode_len) for _ in range(k)]
     run = _Run(envs, np.zeros(k, np.int64), np.zeros(k), cfg.epsilon_start, started_eps=k, started=started)
@@ -384,8 +378,9 @@ def train_ddqn(
             "best_greedy_reward": float(run.best_score) if cfg.keep_best else None,
             "config": asdict(cfg),
             "seed": seed,
-            "obs_dim": OBS_DIM,
-            "obs_names": list(OBS_NAMES),
+            "obs_dim": datas[0].obs.shape[1],
+            "obs_names": list(OBS_NAMES[: datas[0].obs.shape[1]]),
+            "observation": datas[0].layout,
             "gradient_steps": run.grad_steps,
             "env_steps": run.env_steps,
             "episodes": run.finished,

@@ -2,7 +2,8 @@
 
 At step ``t`` the agent sees the observation of the link's latest 10-state window
 (``ml.policy.observation.observation``, including a forecaster's prediction of the next
-bandwidth), picks an action ``a`` in 0..9 = allocate ``(a + 1) * 10`` % of the
+bandwidth: (N,) Mbit/s for the 9-column point layout, or the served h = 1 p10 / median /
+p90 (N, 3) for the 11-column quantiles layout), picks an action ``a`` in 0..9 = allocate ``(a + 1) * 10`` % of the
 window's reference (peak) bandwidth, and is rewarded with
 ``ml.policy.reward.reward(allocated, next actual bandwidth)``. The action does not change
 the link (bandwidth is exogenous), so the problem is a contextual bandit dressed as
@@ -27,10 +28,12 @@ from ml.policy.observation import (
     ACTION_SHARES,
     BW,
     FORECAST_COL,
-    OBS_DIM,
     OBS_HIGH,
     OBS_LOW,
+    QUANTILE_OBS_LEVELS,
     last_value_forecast,
+    layout_of_width,
+    obs_dim,
     observation,
     reference_bandwidth,
 )
@@ -38,6 +41,7 @@ from ml.policy.reward import reward
 from simulator.generator import simulate_series
 from stream.core.records import FEATURES, N_ACTIONS, WINDOW
 
+#: windows (N, 10, 4) -> (N,) Mbit/s forecasts, or (N, 3) Mbit/s quantiles at QUANTILE_OBS_LEVELS
 Forecaster = Callable[[np.ndarray], np.ndarray]
 #: Simulator seeds below this may be used for training; evaluation uses seeds >= it.
 TRAIN_SEED_LIMIT = 1_000_000
@@ -53,9 +57,9 @@ class SeriesData:
     and its row of ``rewards`` is NaN: it only serves as the final next-observation.
     """
 
-    obs: np.ndarray  # (n, OBS_DIM) float32
+    obs: np.ndarray  # (n, obs_dim(layout)) float32
     reference: np.ndarray  # (n,)
-    forecast: np.ndarray  # (n,)
+    forecast: np.ndarray  # (n,) the point forecast (the median of a quantile forecaster)
     actual_next: np.ndarray  # (n,), NaN at the end
     rewards: np.ndarray  # (n, N_ACTIONS): reward of every action, NaN row at the end
 
@@ -63,6 +67,11 @@ class SeriesData:
     def n_steps(self) -> int:
         """How many decisions the series supports (windows that have a next row)."""
         return self.obs.shape[0] - 1
+
+    @property
+    def layout(self) -> str:
+        """The observation layout of ``obs`` (``"point"`` or ``"quantiles"``)."""
+        return layout_of_width(self.obs.shape[1])
 
 
 def all_windows(series: np.ndarray) -> np.ndarray:
@@ -77,21 +86,46 @@ def all_windows(series: np.ndarray) -> np.ndarray:
 
 
 def precompute(series: np.ndarray, forecaster: Forecaster, use_forecast: bool = True) -> SeriesData:
-    """Observations, forecasts and the reward of every action for every window of ``series``."""
+    """Observations, forecasts and the reward of every action for every window of ``series``.
+
+    The forecaster's output decides the layout: (n,) forecasts give the point observation,
+    (n, 3) quantiles at QUANTILE_OBS_LEVELS the quantiles observation (``forecast`` = their median).
+    """
     s = np.asarray(series, dtype=np.float64)
     windows = all_windows(s)  # (n, 10, 4)
-    fc = np.asarray(forecaster(windows), dtype=np.float64).reshape(-1)  # (n,)
+    fc = np.asarray(forecaster(windows), dtype=np.float64)
+    if not (fc.ndim == 2 and fc.shape[1] == len(QUANTILE_OBS_LEVELS)):
+        fc = fc.reshape(-1)  # (n,)
     if fc.shape[0] != windows.shape[0]:
         raise ValueError(f"forecaster returned {fc.shape[0]} values for {windows.shape[0]} windows")
     obs = observation(windows, fc)
     if not use_forecast:
-        obs[:, FORECAST_COL] = 0.0
+        obs[:, FORECAST_COL:] = 0.0  # the forecast and, in the quantiles layout, q10 and q90
+    if fc.ndim == 2:
+        fc = fc[:, 1]  # the median
     ref = reference_bandwidth(windows)
     actual = np.full(windows.shape[0], np.nan)
     actual[:-1] = np.maximum(s[WINDOW:, BW], 0.0)
     rewards = np.full((windows.shape[0], N_ACTIONS), np.nan)
     rewards[:-1] = reward(ACTION_SHARES[None, :] * ref[:-1, None], actual[:-1, None])  # (n-1, 10)
     return SeriesData(obs=obs, reference=ref, forecast=fc, actual_next=actual, rewards=rewards)
+
+
+def precompute_series(
+    series: Sequence[np.ndarray], forecaster: Forecaster | Sequence[Forecaster], use_forecast: bool = True
+) -> list[SeriesData]:
+    """:func:`precompute` of every series with at least one decision, all of one observation layout
+    (ValueError otherwise: no such series, or mixed layouts); ``forecaster``: one for all series or one
+    per series (e.g. each link's profile's calibration)."""
+    fcs = list(forecaster) if isinstance(forecaster, Sequence) else [forecaster] * len(series)
+    if len(fcs) != len(series):
+        raise ValueError(f"need one forecaster per series ({len(series)}), got {len(fcs)}")
+    datas = [d for d in (precompute(s, f, use_forecast) for s, f in zip(series, fcs)) if d.n_steps >= 1]
+    if not datas:
+        raise ValueError("need at least one series with more than 10 rows")
+    if len({d.layout for d in datas}) > 1:
+        raise ValueError(f"the forecasters give mixed observation layouts: {sorted({d.layout for d in datas})}")
+    return datas
 
 
 class LinkAllocationEnv(gym.Env):
@@ -101,7 +135,10 @@ class LinkAllocationEnv(gym.Env):
     random start). ``forecaster``: batched (N, 10, 4) -> (N,) Mbit/s, called once per
     series (or once per generated episode). ``episode_len``: decisions per episode
     (shorter for a series that has fewer). ``use_forecast=False`` zeroes the forecast
-    feature (for the ablation in docs/policy.md).
+    features (for the ablation in docs/policy.md). ``layout``: the observation layout
+    (``"point"`` 9 columns, ``"quantiles"`` 11); None = the series' (series mode, from the
+    forecaster's output) or ``"point"`` (profile mode). A forecaster whose output does not
+    match it raises ValueError.
     """
 
     metadata = {"render_modes": []}
@@ -116,6 +153,7 @@ class LinkAllocationEnv(gym.Env):
         profile: str | None = None,
         seed_range: tuple[int, int] = (0, TRAIN_SEED_LIMIT),
         link_indices: Sequence[int] = (0,),
+        layout: str | None = None,
     ) -> None:
         super().__init__()
         if episode_len < 1:
@@ -133,7 +171,12 @@ class LinkAllocationEnv(gym.Env):
             if len(series) == 0:
                 raise ValueError("series must not be empty")
             self._data = [precompute(s, forecaster, use_forecast) for s in series]
-        self.observation_space = gym.spaces.Box(low=OBS_LOW, high=OBS_HIGH, shape=(OBS_DIM,), dtype=np.float32)
+            layout = layout or self._data[0].layout
+        self.layout = layout or "point"
+        for d in self._data:
+            self._check_layout(d)
+        dim = obs_dim(self.layout)
+        self.observation_space = gym.spaces.Box(low=OBS_LOW[:dim], high=OBS_HIGH[:dim], shape=(dim,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
         self._ep: SeriesData | None = None
         self._start = 0
@@ -150,11 +193,13 @@ class LinkAllocationEnv(gym.Env):
         use_forecast: bool = True,
         seed_range: tuple[int, int] = (0, TRAIN_SEED_LIMIT),
         link_indices: Sequence[int] = (0,),
+        layout: str = "point",
     ) -> LinkAllocationEnv:
         """An environment whose every episode is a fresh simulator series of ``profile``.
 
         The simulator seed of each episode is drawn from ``self.np_random`` within
         ``seed_range`` (training seeds by default; evaluation uses seeds >= TRAIN_SEED_LIMIT).
+        ``layout`` must match the forecaster's output (``"quantiles"`` for (N, 3) quantiles).
         """
         return cls(
             None,
@@ -164,13 +209,23 @@ class LinkAllocationEnv(gym.Env):
             profile=profile,
             seed_range=seed_range,
             link_indices=link_indices,
+            layout=layout,
         )
+
+    def _check_layout(self, data: SeriesData) -> SeriesData:
+        """``data``, after checking that its observations have this env's layout (ValueError otherwise)."""
+        if data.layout != self.layout:
+            raise ValueError(
+                f"the forecaster gives {data.layout!r} observations ({data.obs.shape[1]} columns), "
+                f"this env was made for {self.layout!r} ({obs_dim(self.layout)})"
+            )
+        return data
 
     # --- gymnasium API ---------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start a new episode (Gymnasium API); returns ``(obs, {})``.
 
-        ``obs`` is the (OBS_DIM,) float32 observation of the episode's first window. The episode is
+        ``obs`` is the (obs_dim(layout),) float32 observation of the episode's first window. The episode is
         a random window range of a given series, or a fresh simulator series in profile mode
         (seed and link drawn from ``self.np_random``).
         """
@@ -179,7 +234,7 @@ class LinkAllocationEnv(gym.Env):
             self.episode_seed = int(self.np_random.integers(*self.seed_range))
             link = int(self.link_indices[int(self.np_random.integers(len(self.link_indices)))])
             s = simulate_series(self.profile, self.episode_len + WINDOW, self.episode_seed, link_index=link)
-            self._ep = precompute(s, self.forecaster, self.use_forecast)
+            self._ep = self._check_layout(precompute(s, self.forecaster, self.use_forecast))
             self._start = 0
         else:
             self._ep = self._data[int(self.np_random.integers(len(self._data)))]

@@ -47,7 +47,7 @@ from simulator.generator import simulate_series
 from stream.core.errors import DataError, ModelError
 from stream.core.records import N_ACTIONS, WINDOW
 
-#: (windows (N, 10, 4), observations (N, OBS_DIM)) -> actions (N,)
+#: (windows (N, 10, 4), observations (N, obs_dim)) -> actions (N,)
 PolicyFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 #: A tuned quantile rule together with the forecaster's ``quantile_fn(windows, tau)`` it needs.
 QuantileRuleArg = tuple[QuantileRule, QuantileFn]
@@ -266,13 +266,25 @@ def qnet_policy(qnet: Any) -> PolicyFn:
     return policy
 
 
-def predictor_policy(predictor: Any) -> tuple[Forecaster, PolicyFn]:
-    """Forecaster and policy of a loaded ``ml.serving.predictor.Predictor`` (the serving path)."""
+def predictor_policy(
+    predictor: Any, profile: str | None = None, layout: str | None = None
+) -> tuple[Forecaster, PolicyFn]:
+    """Forecaster and policy of a loaded ``ml.serving.predictor.Predictor`` (the serving path), with
+    ``profile``'s calibration, fallback and policy choice (None: the all-profiles ones). The forecaster
+    gives what the serving graph feeds an observation of ``layout`` (default: the model's;
+    ``Predictor.policy_forecast``: (N,) or, for the quantiles layout, (N, 3)), so :func:`qnet_policy`
+    on its observations scores the Q-network alone."""
+
+    def profiles(windows: np.ndarray) -> list[str | None] | None:
+        return None if profile is None else [profile] * len(windows)
+
+    def forecaster(windows: np.ndarray) -> np.ndarray:
+        return predictor.policy_forecast(windows, profiles(windows), layout)
 
     def policy(windows: np.ndarray, obs: np.ndarray) -> np.ndarray:
-        return predictor.predict(windows).action
+        return predictor.predict(windows, profiles(windows)).action
 
-    return predictor.forecast, policy
+    return forecaster, policy
 
 
 def load_qnet(path: Path | str) -> Any:

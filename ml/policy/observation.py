@@ -1,13 +1,15 @@
 """The Double-DQN policy's observation, shared by training and serving (numpy only).
 
 The policy sees one link's latest 10-state window plus the LSTM's forecast of the
-next bandwidth. Every feature is scale-free (bandwidths are divided by the window's
+next bandwidth (and, for a quantile model, its served p10 and p90). Every feature is scale-free (bandwidths are divided by the window's
 reference bandwidth, latency enters as a log-ratio), so one policy serves a
 10 Mbit/s and a 100 Gbit/s link. The action ``a`` in 0..9 allocates
 ``(a + 1) / 10`` of the reference bandwidth = the window's peak bandwidth.
 
-Observation columns (``OBS_DIM`` = 9), all computed from the window ``w`` (10, 4)
-and the forecast ``f``, with ``ref = max(w.bandwidth)``:
+Observation columns, all computed from the window ``w`` (10, 4) and the forecast ``f``,
+with ``ref = max(w.bandwidth)``; the ``"point"`` layout (point models, every artefact
+before the layout was recorded: ``OBS_DIM`` = 9) has columns 0-8, the ``"quantiles"``
+layout (quantile models) all 11:
 
 ====  ======================  ==============================================
 col   name                    value
@@ -20,8 +22,14 @@ col   name                    value
 5     ``latency_rel``         log1p(last latency) - mean(log1p(latency))
 6     ``packet_loss``         last packet loss                    (0..1)
 7     ``reliability``         last reliability                    (0..1)
-8     ``forecast``            forecast / ref, clipped to [0, 4]
+8     ``forecast``            forecast (median) / ref, clipped to [0, 4]
+9     ``q10``                 served h = 1 p10 / ref, clipped to [0, 4]
+10    ``q90``                 served h = 1 p90 / ref, clipped to [0, 4]
 ====  ======================  ==============================================
+
+The forecaster behind the observation returns (N,) Mbit/s (point layout) or (N, 3) Mbit/s,
+the served h = 1 quantiles at ``QUANTILE_OBS_LEVELS`` = (0.1, 0.5, 0.9) (quantiles layout);
+:func:`observation` builds the matching width from either.
 
 A window whose bandwidth is all zero (outage) has ``ref = 0``: its bandwidth
 columns are 0 and every action allocates 0 Mbit/s.
@@ -43,14 +51,22 @@ OBS_NAMES: tuple[str, ...] = (
     "packet_loss",
     "reliability",
     "forecast",
+    "q10",
+    "q90",
 )
-OBS_DIM = len(OBS_NAMES)
-#: Column of the forecast feature (zeroed by the "without forecast" ablation).
+#: Observation layouts (``metadata["policy"]["observation"]``; absent = ``"point"``) and their widths.
+OBS_DIMS: dict[str, int] = {"point": 9, "quantiles": 11}
+#: Width of the point layout (point models and every artefact that records no layout).
+OBS_DIM = OBS_DIMS["point"]
+#: Levels of the (N, 3) forecaster output of the quantiles layout (p10, median, p90).
+QUANTILE_OBS_LEVELS = (0.1, 0.5, 0.9)
+#: First forecast column: columns FORECAST_COL.. (forecast, q10, q90) are zeroed by the "without forecast" ablation.
 FORECAST_COL = OBS_NAMES.index("forecast")
 FORECAST_CLIP = 4.0
-#: Bounds of every observation column (latency_rel: log1p of at most one hour in ms is < 16).
-OBS_LOW = np.array([0, 0, 0, 0, -1, -16, 0, 0, 0], dtype=np.float32)
-OBS_HIGH = np.array([1, 1, 1, 1, 1, 16, 1, 1, FORECAST_CLIP], dtype=np.float32)
+#: Bounds of every observation column (latency_rel: log1p of at most one hour in ms is < 16); a
+#: layout uses the first ``obs_dim(layout)`` of them.
+OBS_LOW = np.array([0, 0, 0, 0, -1, -16, 0, 0, 0, 0, 0], dtype=np.float32)
+OBS_HIGH = np.array([1, 1, 1, 1, 1, 16, 1, 1, FORECAST_CLIP, FORECAST_CLIP, FORECAST_CLIP], dtype=np.float32)
 #: Allocation share of each action: 0.1, 0.2, ..., 1.0.
 ACTION_SHARES = (np.arange(N_ACTIONS, dtype=np.float64) + 1.0) / N_ACTIONS
 
@@ -62,15 +78,44 @@ def _check(windows: np.ndarray) -> np.ndarray:
     return w
 
 
+def obs_dim(layout: str) -> int:
+    """Width of an observation layout (``"point"`` 9, ``"quantiles"`` 11); ValueError for another name."""
+    if layout not in OBS_DIMS:
+        raise ValueError(f"unknown observation layout {layout!r} (known: {', '.join(OBS_DIMS)})")
+    return OBS_DIMS[layout]
+
+
+def layout_of_width(width: int) -> str:
+    """The layout whose observations have ``width`` columns; ValueError for another width."""
+    for name, dim in OBS_DIMS.items():
+        if dim == width:
+            return name
+    raise ValueError(f"no observation layout has {width} columns (known: {OBS_DIMS})")
+
+
+def observation_layout(metadata: dict | None) -> str:
+    """The layout a model's Q-network was trained on: ``metadata["policy"]["observation"]``,
+    ``"point"`` when absent (every artefact from before the layout was recorded)."""
+    pol = (metadata or {}).get("policy")
+    layout = pol.get("observation") if isinstance(pol, dict) else None
+    return "point" if layout is None else str(layout)
+
+
 def reference_bandwidth(windows: np.ndarray) -> np.ndarray:
     """The reference bandwidth of each window = its peak bandwidth, shape (N,)."""
     return np.maximum(_check(windows)[:, :, BW].max(axis=1), 0.0)
 
 
 def observation(windows: np.ndarray, forecast_mbps: np.ndarray) -> np.ndarray:
-    """The policy input of each window and forecast: (N, 10, 4), (N,) -> (N, OBS_DIM) float32."""
+    """The policy input of each window and forecast, float32: (N, 10, 4) with (N,) forecasts ->
+    (N, 9) (point layout), or with (N, 3) quantiles at QUANTILE_OBS_LEVELS -> (N, 11) (quantiles
+    layout: the median fills ``forecast``, p10 and p90 fill ``q10`` and ``q90``)."""
     w = _check(windows)
-    f = np.asarray(forecast_mbps, dtype=np.float64).reshape(-1)
+    fq = np.asarray(forecast_mbps, dtype=np.float64)
+    quantiles = fq.ndim == 2
+    if quantiles and fq.shape[1] != len(QUANTILE_OBS_LEVELS):
+        raise ValueError(f"forecast quantiles must be (N, {len(QUANTILE_OBS_LEVELS)}), got {fq.shape}")
+    f = fq[:, 1] if quantiles else fq.reshape(-1)
     if f.shape[0] != w.shape[0]:
         raise ValueError(f"forecast_mbps must have one value per window ({w.shape[0]}), got {f.shape[0]}")
     bw = np.maximum(w[:, :, BW], 0.0)  # (N, 10)
@@ -78,7 +123,7 @@ def observation(windows: np.ndarray, forecast_mbps: np.ndarray) -> np.ndarray:
     inv = np.where(ref > 0, 1.0 / np.where(ref > 0, ref, 1.0), 0.0)[:, None]  # (N, 1); 0 for an outage window
     rel = bw * inv  # (N, 10) in [0, 1]
     llat = np.log1p(np.maximum(w[:, :, LAT], 0.0))  # (N, 10)
-    obs = np.empty((w.shape[0], OBS_DIM), dtype=np.float64)
+    obs = np.empty((w.shape[0], OBS_DIMS["quantiles" if quantiles else "point"]), dtype=np.float64)
     obs[:, 0] = rel[:, -1]
     obs[:, 1] = rel.mean(axis=1)
     obs[:, 2] = rel.min(axis=1)
@@ -87,8 +132,16 @@ def observation(windows: np.ndarray, forecast_mbps: np.ndarray) -> np.ndarray:
     obs[:, 5] = np.clip(llat[:, -1] - llat.mean(axis=1), OBS_LOW[5], OBS_HIGH[5])
     obs[:, 6] = np.clip(w[:, -1, LOSS], 0.0, 1.0)
     obs[:, 7] = np.clip(w[:, -1, REL], 0.0, 1.0)
-    obs[:, 8] = np.clip(np.nan_to_num(np.maximum(f, 0.0) * inv[:, 0], nan=0.0), 0.0, FORECAST_CLIP)
+    obs[:, 8] = _scaled(f, inv[:, 0])
+    if quantiles:
+        obs[:, 9] = _scaled(fq[:, 0], inv[:, 0])
+        obs[:, 10] = _scaled(fq[:, 2], inv[:, 0])
     return obs.astype(np.float32)
+
+
+def _scaled(mbps: np.ndarray, inv_ref: np.ndarray) -> np.ndarray:
+    """A forecast column: Mbit/s / ref, clipped to [0, FORECAST_CLIP], NaN -> 0."""
+    return np.clip(np.nan_to_num(np.maximum(mbps, 0.0) * inv_ref, nan=0.0), 0.0, FORECAST_CLIP)
 
 
 def allocated_mbps(actions: np.ndarray | int, reference_mbps: np.ndarray | float) -> np.ndarray:

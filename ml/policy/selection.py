@@ -10,7 +10,7 @@ so a DDQN that only equals a rule does not serve.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,15 +26,18 @@ ORDER: tuple[str, ...] = ("ewma_rule", "quantile_rule", "ddqn")
 
 def select_policies(
     val_by_group: dict[str, Sequence[np.ndarray]],
-    forecaster: Forecaster,
+    forecaster: Forecaster | Mapping[str, Forecaster],
     ddqn: PolicyFn,
     ewma_rule: EwmaRule,
-    quantile_rule: tuple[QuantileRule, QuantileFn] | None,
+    quantile_rule: tuple[QuantileRule, QuantileFn | Mapping[str, QuantileFn]] | None,
     say: Callable[[str], None] = lambda s: None,
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """(group -> serving policy, group -> the validation evaluation behind it).
 
-    ``val_by_group`` maps ``"*"`` and each profile to its validation series (T, 4).
+    ``val_by_group`` maps ``"*"`` and each profile to its validation series (T, 4). The forecaster
+    (what the DDQN's observation and predict-then-allocate see) and the quantile rule's
+    ``quantile_fn`` are one for all groups, or one per group (a mapping; missing groups take
+    ``"*"``'s), so that each group is scored with the forecasts serving gives it.
     """
     serving: dict[str, str] = {}
     evidence: dict[str, dict[str, Any]] = {}
@@ -42,7 +45,8 @@ def select_policies(
         usable = [s for s in series if s.shape[0] > WINDOW + 1]
         if not usable:
             continue
-        ev = evaluate_series(usable, forecaster, ddqn, ewma_rule=ewma_rule, quantile_rule=quantile_rule)
+        qr = None if quantile_rule is None else (quantile_rule[0], _of(quantile_rule[1], group))
+        ev = evaluate_series(usable, _of(forecaster, group), ddqn, ewma_rule=ewma_rule, quantile_rule=qr)
         mean = ev["mean_reward"]
         scores = {k: mean.get(k) for k in ORDER if mean.get(k) is not None}
         best = max(ORDER, key=lambda k: (scores.get(k, -np.inf), -ORDER.index(k)))
@@ -57,3 +61,8 @@ def select_policies(
     if "*" not in serving:
         serving["*"] = "ewma_rule"  # no validation decisions at all: the transparent rule
     return serving, evidence
+
+
+def _of(fn: Any, group: str) -> Any:
+    """``fn`` itself, or its entry for ``group`` (``"*"``'s when missing) when it is a mapping."""
+    return fn.get(group, fn["*"]) if isinstance(fn, Mapping) else fn

@@ -30,7 +30,8 @@ def graph_parts(preprocessor: Preprocessor) -> tuple[Callable[[Any], tuple], Cal
     * ``transform(w)``: raw windows (N, 10, 4) -> (w float64, bw (N, 10) >= 0, x (N, 10, 4)
       float32 model input, log1p latency (N, 10), level (N,), eps (N,)) as
       :meth:`Preprocessor.transform` computes them;
-    * ``observe(w, bw, x_lat, forecast)`` -> (observation (N, 9) float32, reference (N,))
+    * ``observe(w, bw, x_lat, forecast, q10=None, q90=None)`` -> (observation (N, 9) float32, or
+      (N, 11) with the served h = 1 p10 and p90 (N,) Mbit/s given (the quantiles layout), reference (N,))
       as :func:`ml.policy.observation.observation` / ``reference_bandwidth``.
     """
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
@@ -65,11 +66,16 @@ def graph_parts(preprocessor: Preprocessor) -> tuple[Callable[[Any], tuple], Cal
         x = tf.cast(finite_or_zero((x - x_mean) / x_std), tf.float32)
         return w, bw, x, x_lat, level, eps
 
-    def observe(w: Any, bw: Any, x_lat: Any, forecast: Any) -> tuple:
+    def observe(w: Any, bw: Any, x_lat: Any, forecast: Any, q10: Any = None, q90: Any = None) -> tuple:
         ref = tf.reduce_max(bw, axis=1)  # (N,): max of the clipped = max(max of the raw, 0)
         inv = tf.where(ref > 0, 1.0 / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.zeros_like(ref))
         rel = bw * inv[:, None]  # (N, 10)
-        f_rel = forecast * inv
+
+        def scaled(mbps: Any) -> Any:  # ml.policy.observation._scaled
+            v = tf.maximum(mbps, 0.0) * inv
+            return tf.clip_by_value(tf.where(tf.math.is_nan(v), tf.zeros_like(v), v), 0.0, FORECAST_CLIP)
+
+        extra = [] if q10 is None else [scaled(q10), scaled(q90)]
         obs = tf.stack(
             [
                 rel[:, -1],
@@ -80,7 +86,8 @@ def graph_parts(preprocessor: Preprocessor) -> tuple[Callable[[Any], tuple], Cal
                 tf.clip_by_value(x_lat[:, -1] - tf.reduce_mean(x_lat, axis=1), float(OBS_LOW[5]), float(OBS_HIGH[5])),
                 tf.clip_by_value(w[:, -1, LOSS], 0.0, 1.0),
                 tf.clip_by_value(w[:, -1, REL], 0.0, 1.0),
-                tf.clip_by_value(tf.where(tf.math.is_nan(f_rel), tf.zeros_like(f_rel), f_rel), 0.0, FORECAST_CLIP),
+                scaled(forecast),
+                *extra,
             ],
             axis=1,
         )

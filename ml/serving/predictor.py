@@ -26,6 +26,7 @@ import numpy as np
 
 from ml.forecast.calibration import SOURCES, ForecastSpec
 from ml.forecast.quantiles import quantile_at
+from ml.policy.observation import QUANTILE_OBS_LEVELS, observation_layout
 from ml.serving.graph import serving_function
 from ml.serving.quantile_graph import POLICIES, quantile_serving_function
 from ml.serving.registry import load_version
@@ -100,6 +101,8 @@ class Predictor:
         self._lock = threading.Lock()
         self._raw: dict[bool, tuple[Any, Any]] = {}
         self.head: str = self.metadata.get("head", "point")
+        #: the Q-network's observation layout ("point" 9 columns, "quantiles" 11; checked at load)
+        self.observation: str = observation_layout(self.metadata)
         self.spec: ForecastSpec | None = None
         if self.head == "quantile":
             self.spec = ForecastSpec.from_json(self.metadata["forecast"])
@@ -113,6 +116,7 @@ class Predictor:
                 pol.get("serving") or {"*": "ddqn"},
                 (float(rule["alpha"]), float(rule["k"])),
                 float((pol.get("quantile_rule") or {"tau": 0.1})["tau"]),
+                self.observation,
             )
             self._groups = {g: i for i, g in enumerate(self.spec.groups())}
         else:
@@ -239,6 +243,28 @@ class Predictor:
             for k in range(q.shape[1])
         ]
         return np.maximum.accumulate(np.stack(cols, axis=1), axis=2)
+
+    def policy_forecast(
+        self, windows: np.ndarray, profiles: Sequence[str | None] | None = None, layout: str | None = None
+    ) -> np.ndarray:
+        """What the serving graph feeds the Q-network's observation of ``layout`` (default: this
+        model's), for evaluation code that builds it with :func:`ml.policy.observation.observation`:
+        the forecast (N,) for the point layout, the served h = 1 p10, median and p90 (N, 3) Mbit/s
+        for the quantiles layout (ModelError for a point model, which has no quantiles)."""
+        pred = self.predict(windows, profiles)
+        if (layout or self.observation) != "quantiles":
+            return pred.bandwidth_mbps
+        if pred.quantiles is None or self.spec is None:
+            raise ModelError(
+                f"model {self.version} is a point model: it has no quantiles for the quantiles observation"
+            )
+        w = self._check(windows)
+        lo, hi = QUANTILE_OBS_LEVELS[0], QUANTILE_OBS_LEVELS[-1]
+        q1, levels = pred.quantiles[:, 0], [round(t, 9) for t in self.spec.quantiles]
+        tails = [
+            q1[:, levels.index(t)] if t in levels else quantile_at(w, q1, self.spec.quantiles, t) for t in (lo, hi)
+        ]
+        return np.stack([tails[0], pred.bandwidth_mbps, tails[1]], axis=1)
 
     def quantile(self, windows: np.ndarray, tau: float, profiles: Sequence[str | None] | None = None) -> np.ndarray:
         """The served ``tau``-quantile of the next step's bandwidth, (N,) Mbit/s (interpolated in the

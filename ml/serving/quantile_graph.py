@@ -9,12 +9,14 @@ Per window (profile group ``g``, see :class:`ml.forecast.calibration.ForecastSpe
    made non-decreasing;
 3. per horizon the source chosen for ``g`` at training (one-hot, so no branch);
 4. back to Mbit/s; the served ``h = 1`` median is ``predicted_bandwidth_mbps`` and the
-   DDQN's forecast feature;
+   DDQN's forecast feature (with the served ``h = 1`` p10 and p90 too, for a Q-network
+   trained on the quantiles observation layout);
 5. the action of the policy chosen for ``g`` at training: the DDQN, the EWMA rule or the
    quantile rule (:mod:`ml.policy.rules`), all three computed, one selected.
 
-The numpy specification is :meth:`ForecastSpec.served_ratio`, :func:`ml.policy.rules.ewma_rule_actions`
-and :func:`ml.policy.rules.quantile_rule_actions`; tests compare this graph with them.
+The numpy specification is :meth:`ForecastSpec.served_ratio`, :func:`ml.policy.rules.ewma_rule_actions`,
+:func:`ml.policy.rules.quantile_rule_actions` and :func:`ml.policy.observation.observation` (fed by
+``ml.forecast.training.served_functions``); tests compare this graph with them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ml.forecast.calibration import SOURCES, ForecastSpec
 from ml.forecast.features import _ABS_EPS, _REL_EPS, Preprocessor
 from ml.forecast.naive import NAIVE
 from ml.forecast.quantiles import Z_CLIP, tau_weights
+from ml.policy.observation import QUANTILE_OBS_LEVELS, obs_dim
 from ml.serving.graph import graph_parts
 from ml.smoothing import ewma_weights
 from stream.core.records import N_ACTIONS
@@ -50,6 +53,35 @@ def spec_arrays(spec: ForecastSpec, policies: dict[str, str]) -> dict[str, np.nd
     }
 
 
+def _snap(alloc: Any, ref: Any) -> Any:
+    """ml.policy.observation.snap_down, in TensorFlow ops."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    share = tf.where(ref > 0, alloc / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.ones_like(ref))
+    a = tf.cast(tf.floor(share * N_ACTIONS + 1e-9), tf.int32) - 1
+    return tf.clip_by_value(a, 0, N_ACTIONS - 1)
+
+
+def _z_at(z1: Any, taus: tuple[float, ...], tau: float, exact: bool) -> Any:
+    """Quantile ``tau`` of the ratio-space rows z1 (N, Q) at levels ``taus``, in TensorFlow ops:
+    ``ml.forecast.quantiles.quantile_column`` (``exact``) or ``interpolate_tau``."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    levels = [abs(t - tau) < 1e-9 for t in taus]
+    if exact and any(levels):
+        return z1[:, levels.index(True)]
+    tk, tw = tau_weights(taus, tau)
+    z_tau = z1[:, tk] + tw * (z1[:, tk + 1] - z1[:, tk])
+    return tf.minimum(z_tau, z1[:, 0]) if tau < taus[0] else z_tau
+
+
+def _mbps(z: Any, last: Any, eps: Any) -> Any:
+    """ml.forecast.quantiles.from_ratio of (N,) ratio-space rows, in TensorFlow ops."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    return tf.maximum(tf.exp(tf.clip_by_value(z, -Z_CLIP, Z_CLIP)) * (last + eps) - eps, 0.0)
+
+
 def quantile_serving_function(
     preprocessor: Preprocessor,
     lstm: Any,
@@ -58,11 +90,13 @@ def quantile_serving_function(
     policies: dict[str, str],
     ewma_rule: tuple[float, float],
     quantile_tau: float,
+    observation: str = "point",
 ) -> Callable[[Any, Any], tuple[Any, ...]]:
     """``serve(windows (N, 10, 4) float64, group (N,) int32)`` -> (forecast (N,), action (N,) int32,
     reference (N,), quantiles Mbit/s (N, H, Q), source index into SOURCES (N,) int32, policy index
     into POLICIES (N,) int32). ``group`` indexes ``spec.groups()``; ``policies`` maps a group to
-    its policy (missing groups take the ``"*"`` entry)."""
+    its policy (missing groups take the ``"*"`` entry); ``observation`` is the Q-network's layout
+    (``"point"``: 9 columns, ``"quantiles"``: 11, with the served h = 1 p10 and p90)."""
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
 
     f64 = tf.float64
@@ -72,14 +106,8 @@ def quantile_serving_function(
     shifts, offsets, onehot, ew, pol = c["shifts"], c["offsets"], c["onehot"], c["ew"], c["pol"]
     rule_w = tf.constant(ewma_weights(ewma_rule[0]), f64)  # (10,)
     rule_k = float(ewma_rule[1])
-    tk, tw = tau_weights(spec.quantiles, quantile_tau)
+    obs_dim(observation)  # ValueError for an unknown layout
     transform, observe = graph_parts(preprocessor)
-
-    def snap(alloc: Any, ref: Any) -> Any:
-        """ml.policy.observation.snap_down."""
-        share = tf.where(ref > 0, alloc / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.ones_like(ref))
-        a = tf.cast(tf.floor(share * N_ACTIONS + 1e-9), tf.int32) - 1
-        return tf.clip_by_value(a, 0, N_ACTIONS - 1)
 
     def running_max(v: Any) -> Any:
         """np.maximum.accumulate along the last (quantile) axis: calibrated quantiles never cross."""
@@ -111,15 +139,17 @@ def quantile_serving_function(
         q = tf.maximum(tf.exp(tf.clip_by_value(z_served, -Z_CLIP, Z_CLIP)) * (last[:, None, None] + e4) - e4, 0.0)
         forecast = q[:, 0, mid]
         # --- 5. the three policies, one chosen per group
-        obs, ref = observe(w, bw, x_lat, forecast)
-        a_ddqn = tf.clip_by_value(tf.argmax(qnet(obs, training=False), axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
-        a_ewma = snap(rule_k * tf.linalg.matvec(bw, rule_w), ref)
         z1 = z_served[:, 0]
-        z_tau = z1[:, tk] + tw * (z1[:, tk + 1] - z1[:, tk])
-        if quantile_tau < spec.quantiles[0]:
-            z_tau = tf.minimum(z_tau, z1[:, 0])
-        q_tau = tf.maximum(tf.exp(tf.clip_by_value(z_tau, -Z_CLIP, Z_CLIP)) * (last + eps) - eps, 0.0)
-        a_quant = snap(q_tau, ref)
+        tails: list[Any] = []  # the quantiles layout's p10 and p90 (ml.forecast.training.served_functions)
+        if observation == "quantiles":
+            tails = [
+                _mbps(_z_at(z1, spec.quantiles, t, True), last, eps)
+                for t in (QUANTILE_OBS_LEVELS[0], QUANTILE_OBS_LEVELS[-1])
+            ]
+        obs, ref = observe(w, bw, x_lat, forecast, *tails)
+        a_ddqn = tf.clip_by_value(tf.argmax(qnet(obs, training=False), axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
+        a_ewma = _snap(rule_k * tf.linalg.matvec(bw, rule_w), ref)
+        a_quant = _snap(_mbps(_z_at(z1, spec.quantiles, quantile_tau, False), last, eps), ref)
         p = tf.gather(pol, group)
         action = tf.where(p == 0, a_ddqn, tf.where(p == 1, a_ewma, a_quant))
         source = tf.argmax(sel[:, 0], axis=1, output_type=tf.int32)

@@ -30,7 +30,7 @@ from typing import Any
 import numpy
 
 from ml.forecast.features import Preprocessor
-from ml.policy.observation import OBS_DIM
+from ml.policy.observation import obs_dim, observation_layout
 from stream.core.errors import ModelError
 from stream.core.fileio import atomic_write_text
 from stream.core.records import FEATURES, N_ACTIONS, WINDOW
@@ -52,7 +52,7 @@ class LoadedVersion:
     version: str
     path: Path
     lstm: Any  # keras.Model (10, 4) -> 1
-    qnet: Any  # keras.Model (OBS_DIM,) -> N_ACTIONS
+    qnet: Any  # keras.Model (obs_dim(observation_layout(metadata)),) -> N_ACTIONS
     preprocessor: Preprocessor
     metadata: dict[str, Any]
 
@@ -258,14 +258,36 @@ def _check_shapes(version: str, name: str, model: Any, expect_in: list, expect_o
         )
 
 
+def _qnet_width(version: str, meta: dict[str, Any], qnet: Any) -> int:
+    """The Q-network input width the metadata's observation layout needs; ModelError when the layout is
+    unknown, needs quantiles a point model does not have, or the Q-network was built for another width."""
+    layout = observation_layout(meta)
+    try:
+        width = obs_dim(layout)
+    except ValueError as exc:
+        raise ModelError(f"model {version}: metadata policy.observation: {exc}") from exc
+    if layout == "quantiles" and meta.get("head", "point") != "quantile":
+        raise ModelError(f"model {version}: policy.observation is 'quantiles' but the forecaster is a point model")
+    got = list(qnet.input_shape[1:])
+    if got != [width]:
+        recorded = isinstance(meta.get("policy"), dict) and "observation" in meta["policy"]
+        raise ModelError(
+            f"model {version}: {QNET_FILE} takes {got} inputs, but its observation layout {layout!r} "
+            f"(metadata policy.observation{'' if recorded else ', absent'}) has {width} columns: "
+            "the Q-network was trained on another observation"
+        )
+    return width
+
+
 def load_version(model_dir: Path | str, version: str | None = None) -> LoadedVersion:
     """Verify and load a version (default: current).
 
     Raises :class:`ModelError` when there is no such version, a file is missing or
     its checksum does not match, a model cannot be deserialised in safe mode, or an
     input/output shape differs from (10, 4) -> 1 (a quantile model: H x Q, from its
-    metadata) and (OBS_DIM,) -> 10. Version 1 artefacts (no ``head`` in metadata) are
-    point models.
+    metadata) and (width of the observation layout,) -> 10 (``metadata["policy"]["observation"]``:
+    ``"point"`` 9 when absent, ``"quantiles"`` 11, for quantile models only). Version 1 artefacts
+    (no ``head`` in metadata) are point models.
     """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
 
@@ -289,6 +311,7 @@ def load_version(model_dir: Path | str, version: str | None = None) -> LoadedVer
         fc = meta.get("forecast") or {}
         out = [len(fc.get("horizons", [])) * len(fc.get("quantiles", []))]
     _check_shapes(version, LSTM_FILE, models[LSTM_FILE], [WINDOW, len(FEATURES)], out, shapes.get("lstm", {}))
-    _check_shapes(version, QNET_FILE, models[QNET_FILE], [OBS_DIM], [N_ACTIONS], shapes.get("qnet", {}))
+    width = _qnet_width(version, meta, models[QNET_FILE])
+    _check_shapes(version, QNET_FILE, models[QNET_FILE], [width], [N_ACTIONS], shapes.get("qnet", {}))
     pre = Preprocessor.from_json((path / PREPROCESSING_FILE).read_text(encoding="utf-8"))
     return LoadedVersion(version, path, models[LSTM_FILE], models[QNET_FILE], pre, meta)

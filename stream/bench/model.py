@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from ml.data import simulator_links, windows_of
-from ml.policy.observation import OBS_DIM
 
 #: Batch sizes timed by default.
 BATCHES = (1, 100, 1000)
@@ -61,7 +60,8 @@ def run_bench(predictor: Any, repeats: int = 5, batches: tuple[int, ...] = BATCH
             runs.append(_percentiles(times, batch))
         out[f"batch_{batch}"] = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
     x = predictor.preprocessor.transform(pool[:BOUND_BATCH])
-    obs = np.random.default_rng(1).random((BOUND_BATCH, OBS_DIM)).astype(np.float32)
+    width = int(predictor.qnet.input_shape[-1])  # the model's observation layout (9 or 11 columns)
+    obs = np.random.default_rng(1).random((BOUND_BATCH, width)).astype(np.float32)
     bound = []
     for _ in range(repeats):
         times = []

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.eval.report import write_html_report
-from ml.policy.observation import last_value_forecast
+from ml.policy.observation import last_value_forecast, layout_of_width
 from ml.policy.rules import EwmaRule, QuantileRule, tune_ewma_rule, tune_quantile_rule
 from ml.serving.predictor import load_predictor
 from ml.serving.runtime import configure_tf
@@ -77,8 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_report)
 
 
-def _load_policy(args: argparse.Namespace, model_dir: Path) -> tuple[Any, Any, str, str, Any]:
-    """(forecaster, policy, model label, forecaster label, predictor or None) for the command line's choice."""
+def _load_policy(args: argparse.Namespace, model_dir: Path, episodes_profile: str) -> tuple[Any, Any, str, str, Any]:
+    """(forecaster, policy, model label, forecaster label, predictor or None) for the command line's choice.
+
+    A registry model serves the episodes with the calibration, fallback and policy of their profile
+    (as the worker does with each link's), the all-profiles ones when that is not one profile."""
     # gymnasium (through ml.policy.env): only policy evaluation needs it
     from ml.policy.evaluation import (
         load_qnet,
@@ -86,19 +89,26 @@ def _load_policy(args: argparse.Namespace, model_dir: Path) -> tuple[Any, Any, s
         qnet_policy,
     )
 
+    profile = episodes_profile if episodes_profile in PROFILES else None
     if args.qnet:
         configure_tf()
-        policy = qnet_policy(load_qnet(args.qnet))
+        qnet = load_qnet(args.qnet)
+        try:
+            layout = layout_of_width(int(qnet.input_shape[-1]))
+        except ValueError as exc:
+            raise ModelError(f"{args.qnet}: {exc}") from exc
+        policy = qnet_policy(qnet)
         try:
             pred = load_predictor(model_dir, args.model)
-            return pred.forecast, policy, str(args.qnet), f"lstm:{pred.version}", pred
         except (ModelError, ImportError):
-            if args.model:
+            if args.model or layout != "point":
                 raise
             return last_value_forecast, policy, str(args.qnet), "last_value", None
+        forecaster = predictor_policy(pred, profile, layout)[0]
+        return forecaster, policy, str(args.qnet), f"lstm:{pred.version}", pred
 
     pred = load_predictor(model_dir, args.model)
-    forecaster, policy = predictor_policy(pred)
+    forecaster, policy = predictor_policy(pred, profile)
     return forecaster, policy, pred.version, f"lstm:{pred.version}", pred
 
 
@@ -130,7 +140,7 @@ def _rules(args: argparse.Namespace, pred: Any, profile: str, notes: list[str]) 
     def load(key: str, cls: Any, tune: Any) -> tuple[Any, str]:
         try:
             return cls.from_json(pol[key]), "model metadata"
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):  # missing, or null (a point model's quantile_rule)
             series, label = train_series()
             notes.append(f"{key}: no tuned parameters in the model's metadata; tuned on {label}")
             return tune(series), label
@@ -140,10 +150,13 @@ def _rules(args: argparse.Namespace, pred: Any, profile: str, notes: list[str]) 
     if not callable(getattr(pred, "quantile", None)):
         notes.append("quantile_rule: omitted (the model has no quantile forecaster: predictor.quantile)")
         return ewma, None, sources
-    qrule, sources["quantile_rule"] = load(
-        "quantile_rule", QuantileRule, lambda ser: tune_quantile_rule(ser, pred.quantile)
-    )
-    return ewma, (qrule, pred.quantile), sources
+    one = profile if profile in PROFILES else None  # the served quantiles of the episodes' profile
+
+    def qfn(windows: Any, tau: float) -> Any:
+        return pred.quantile(windows, tau, None if one is None else [one] * len(windows))
+
+    qrule, sources["quantile_rule"] = load("quantile_rule", QuantileRule, lambda ser: tune_quantile_rule(ser, qfn))
+    return ewma, (qrule, qfn), sources
 
 
 def cmd_evaluate_policy(args: argparse.Namespace) -> int:
@@ -161,7 +174,6 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
     if args.episodes < 1 or args.episode_len < 1:
         print("bwp evaluate-policy: --episodes and --episode-len must be >= 1", file=sys.stderr)
         return 2
-    forecaster, policy, model_label, fc_label, pred = _load_policy(args, Path(settings.model_dir))
     if args.data:
         series, profile = series_from_jsonl(args.data, args.episode_len)
         source: dict[str, Any] = {"kind": "files", "files": [str(p) for p in args.data]}
@@ -169,6 +181,7 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         series = heldout_series(args.profile, args.episodes, args.seed, args.episode_len)
         profile = args.profile
         source = {"kind": "simulator", "simulator_seed": heldout_seed(args.seed), "links": f"0..{args.episodes - 1}"}
+    forecaster, policy, model_label, fc_label, pred = _load_policy(args, Path(settings.model_dir), profile)
     notes: list[str] = []
     ewma_rule, quantile_rule, rule_sources = _rules(args, pred, profile, notes)
     for note in notes:
@@ -201,6 +214,7 @@ def cmd_evaluate_policy(args: argparse.Namespace) -> int:
         "ewma_rule": res["ewma_rule"],
         "quantile_rule": res["quantile_rule"],
         "serving_policy": serving,
+        "served_by": (serving.get(profile, serving.get("*")) if serving else None),
         "qnet_alone_mean_reward": qnet_alone,
         "notes": notes,
         "model": model_label,

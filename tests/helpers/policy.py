@@ -20,6 +20,15 @@ def synthetic_series(steps: int, seed: int, scale: float = 100.0) -> np.ndarray:
     return np.stack([lat, bw, loss, rel], axis=1)
 
 
+def last_value_quantiles(windows: np.ndarray) -> np.ndarray:
+    """A naive quantile forecaster for the quantiles observation layout: (N, 10, 4) -> (N, 3) Mbit/s,
+    p10 / median / p90 = 0.8 / 1.0 / 1.1 x the last bandwidth, widened by the window's volatility."""
+    bw = np.maximum(np.asarray(windows, dtype=np.float64)[:, :, 1], 0.0)
+    spread = bw.std(axis=1) / np.maximum(bw.mean(axis=1), 1e-9)
+    last = bw[:, -1]
+    return np.stack([last * np.maximum(0.8 - spread, 0.0), last, last * (1.1 + spread)], axis=1)
+
+
 def tiny_registry(model_dir: Path, seed: int = 0) -> tuple[str, dict]:
     """A registry version with an untrained LSTM (fitted preprocessing) and a briefly trained
     Q-network whose DDQN history is in the metadata. Returns (version, ddqn history)."""

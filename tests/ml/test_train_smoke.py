@@ -43,6 +43,9 @@ def test_metadata_has_metrics_and_data_description(model_dir):
     assert meta["training_data"]["seeds"] == {"train": 1, "val": 2, "test": 3}
     assert 0 < meta["ewma_alpha"] <= 1
     assert meta["lstm"]["history"]["epochs_run"] >= 1
+    # a quantile model's DDQN sees the served h = 1 p10 and p90 too: the 11-column layout, recorded
+    assert meta["policy"]["observation"] == meta["ddqn"]["observation"] == "quantiles"
+    assert meta["shapes"]["qnet"]["input"] == [11] and meta["ddqn"]["obs_dim"] == 11
     json.dumps(meta)  # plain JSON
 
 

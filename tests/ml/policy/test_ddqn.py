@@ -9,7 +9,7 @@ from ml.policy.buffer import ReplayBuffer
 from ml.policy.ddqn import DDQNConfig, double_dqn_targets, train_ddqn
 from ml.policy.observation import OBS_DIM, last_value_forecast
 from stream.core.records import N_ACTIONS
-from tests.helpers.policy import synthetic_series
+from tests.helpers.policy import last_value_quantiles, synthetic_series
 
 
 def test_double_dqn_targets_hand_computed() -> None:
@@ -132,6 +132,25 @@ def test_train_ddqn_smoke(variant: str) -> None:
     curve = hist["greedy_eval"]
     assert all({"episode", "mean_reward", "gradient_steps", "env_steps", "elapsed_s"} <= set(r) for r in curve)
     assert [r["env_steps"] for r in curve] == sorted(r["env_steps"] for r in curve)
+
+
+def test_train_ddqn_on_the_quantiles_observation_is_reproducible() -> None:
+    """Served h = 1 quantiles (N, 3) from the forecaster: an 11-column Q-network, the layout in the
+    history; one forecaster per series works; the same seed gives the same run."""
+    series = [synthetic_series(120, s) for s in range(4)]
+    cfg = _tiny(episodes=6, episode_len=30, n_envs=3, eval_every=2, eval_episodes=3)
+    model, hist = train_ddqn(series, [last_value_quantiles] * 4, cfg, seed=5)
+    assert model.input_shape == (None, 11) and model.output_shape == (None, N_ACTIONS)
+    assert hist["obs_dim"] == 11 and hist["observation"] == "quantiles" and hist["obs_names"][-2:] == ["q10", "q90"]
+    assert hist["gradient_steps"] > 0 and sum(hist["action_histogram"]) == 3 * 30
+    again, hist2 = train_ddqn(series, last_value_quantiles, cfg, seed=5)
+    assert hist2["episode_reward"] == hist["episode_reward"] and hist2["action_histogram"] == hist["action_histogram"]
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _, point = train_ddqn(series, last_value_forecast, cfg, seed=5)
+    assert point["obs_dim"] == 9 and point["observation"] == "point"
+    with pytest.raises(ValueError, match="mixed observation layouts"):
+        train_ddqn(series, [last_value_quantiles, last_value_forecast] * 2, cfg, seed=5)
 
 
 def _tiny(**kw) -> DDQNConfig:

@@ -7,20 +7,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ml.policy.env import LinkAllocationEnv, all_windows, precompute
+from ml.policy.env import LinkAllocationEnv, all_windows, precompute, precompute_series
 from ml.policy.observation import (
     ACTION_SHARES,
     FORECAST_COL,
     OBS_DIM,
+    OBS_DIMS,
+    OBS_NAMES,
     allocated_mbps,
     last_value_forecast,
+    layout_of_width,
+    obs_dim,
     observation,
+    observation_layout,
     reference_bandwidth,
     snap_down,
 )
 from ml.policy.reward import reward
 from stream.core.records import N_ACTIONS, WINDOW
-from tests.helpers.policy import synthetic_series
+from tests.helpers.policy import last_value_quantiles, synthetic_series
 
 mbps = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity=False)
 
@@ -94,24 +99,56 @@ def test_observation_is_scale_free_and_finite() -> None:
     np.testing.assert_allclose(reference_bandwidth(big), 1e4 * reference_bandwidth(w))
 
 
+def test_quantiles_observation_adds_q10_and_q90_scale_free() -> None:
+    w = all_windows(synthetic_series(60, 1))  # (51, 10, 4)
+    q = last_value_quantiles(w)  # (51, 3): p10, median, p90
+    o = observation(w, q)
+    assert o.shape == (51, OBS_DIMS["quantiles"]) == (51, 11) and o.dtype == np.float32
+    # the first 9 columns are the point layout's with the median as the forecast
+    np.testing.assert_array_equal(o[:, :OBS_DIM], observation(w, q[:, 1]))
+    ref = reference_bandwidth(w)
+    np.testing.assert_allclose(o[:, 9], np.clip(q[:, 0] / ref, 0, 4), rtol=1e-6)
+    np.testing.assert_allclose(o[:, 10], np.clip(q[:, 2] / ref, 0, 4), rtol=1e-6)
+    big = w.copy()
+    big[:, :, 1] *= 1e4
+    np.testing.assert_allclose(observation(big, q * 1e4), o, rtol=1e-5, atol=1e-6)
+    assert OBS_NAMES[9:] == ("q10", "q90") and OBS_NAMES[FORECAST_COL] == "forecast"
+
+
+def test_observation_layouts() -> None:
+    assert obs_dim("point") == OBS_DIM == 9 and obs_dim("quantiles") == 11
+    assert layout_of_width(9) == "point" and layout_of_width(11) == "quantiles"
+    with pytest.raises(ValueError, match="unknown observation layout"):
+        obs_dim("deltas")
+    with pytest.raises(ValueError, match="no observation layout has 10"):
+        layout_of_width(10)
+    # absent = the 9 columns of every artefact from before the layout was recorded
+    assert observation_layout({}) == observation_layout({"policy": {"serving": {}}}) == "point"
+    assert observation_layout(None) == "point"
+    assert observation_layout({"policy": {"observation": "quantiles"}}) == "quantiles"
+
+
 @settings(max_examples=50, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.floats(min_value=1e-3, max_value=1e6))
-def test_observation_within_declared_bounds(seed: int, scale: float) -> None:
+@given(st.integers(0, 2**32 - 1), st.floats(min_value=1e-3, max_value=1e6), st.booleans())
+def test_observation_within_declared_bounds(seed: int, scale: float, quantiles: bool) -> None:
     from ml.policy.observation import OBS_HIGH, OBS_LOW
 
     rng = np.random.default_rng(seed)
     w = rng.random((8, WINDOW, 4)) * np.array([1e4, scale, 1.0, 1.0])
     w[rng.random((8, WINDOW)) < 0.2, 1] = 0.0  # some zero-bandwidth samples
-    o = observation(w, rng.random(8) * 10 * scale)
-    assert ((o >= OBS_LOW) & (o <= OBS_HIGH)).all()
+    f = np.sort(rng.random((8, 3)) * 10 * scale, axis=1) if quantiles else rng.random(8) * 10 * scale
+    o = observation(w, f)
+    dim = obs_dim("quantiles" if quantiles else "point")
+    assert o.shape == (8, dim) and ((o >= OBS_LOW[:dim]) & (o <= OBS_HIGH[:dim])).all()
 
 
-def test_observation_of_an_outage_window() -> None:
+@pytest.mark.parametrize("quantiles", [False, True])
+def test_observation_of_an_outage_window(quantiles: bool) -> None:
     w = np.zeros((1, WINDOW, 4))
     w[0, :, 0] = 5.0
-    o = observation(w, np.array([3.0]))
+    o = observation(w, np.array([[1.0, 3.0, 5.0]]) if quantiles else np.array([3.0]))
     assert np.isfinite(o).all()
-    assert o[0, :5].tolist() == [0.0] * 5 and o[0, FORECAST_COL] == 0.0
+    assert o[0, :5].tolist() == [0.0] * 5 and o[0, FORECAST_COL:].tolist() == [0.0] * (o.shape[1] - FORECAST_COL)
     assert reference_bandwidth(w)[0] == 0.0
 
 
@@ -120,6 +157,10 @@ def test_observation_rejects_bad_shapes() -> None:
         observation(np.zeros((2, 9, 4)), np.zeros(2))
     with pytest.raises(ValueError, match="one value per window"):
         observation(np.zeros((2, 10, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match=r"quantiles must be \(N, 3\)"):
+        observation(np.zeros((2, 10, 4)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="one value per window"):
+        observation(np.zeros((2, 10, 4)), np.zeros((3, 3)))
 
 
 def test_action_grid_helpers() -> None:
@@ -132,20 +173,48 @@ def test_action_grid_helpers() -> None:
 # --- environment ----------------------------------------------------------------------
 
 
-def test_env_passes_gymnasium_checker() -> None:
+@pytest.mark.parametrize("forecaster", [last_value_forecast, last_value_quantiles])
+def test_env_passes_gymnasium_checker(forecaster) -> None:
     from gymnasium.utils.env_checker import check_env
 
-    env = LinkAllocationEnv([synthetic_series(120, 2), synthetic_series(80, 3)], episode_len=50)
+    env = LinkAllocationEnv([synthetic_series(120, 2), synthetic_series(80, 3)], forecaster, episode_len=50)
     check_env(env, skip_render_check=True)
+    dim = 11 if forecaster is last_value_quantiles else 9
+    assert env.layout == layout_of_width(dim) and env.observation_space.shape == (dim,)
 
 
-def test_env_from_profile_passes_checker_and_uses_training_seeds() -> None:
+@pytest.mark.parametrize("layout", ["point", "quantiles"])
+def test_env_from_profile_passes_checker_and_uses_training_seeds(layout: str) -> None:
     from gymnasium.utils.env_checker import check_env
 
-    env = LinkAllocationEnv.from_profile("internet", episode_len=20, seed_range=(10, 20))
+    fc = last_value_quantiles if layout == "quantiles" else last_value_forecast
+    env = LinkAllocationEnv.from_profile("internet", episode_len=20, forecaster=fc, seed_range=(10, 20), layout=layout)
     check_env(env, skip_render_check=True)
-    env.reset(seed=3)
-    assert 10 <= env.episode_seed < 20
+    obs, _ = env.reset(seed=3)
+    assert 10 <= env.episode_seed < 20 and obs.shape == (obs_dim(layout),)
+
+
+def test_env_rejects_a_forecaster_of_another_layout() -> None:
+    with pytest.raises(ValueError, match="'point' observations"):
+        LinkAllocationEnv([synthetic_series(60, 1)], last_value_forecast, layout="quantiles")
+    env = LinkAllocationEnv.from_profile("internet", episode_len=20, forecaster=last_value_quantiles)  # point space
+    with pytest.raises(ValueError, match="'quantiles' observations"):
+        env.reset(seed=0)
+
+
+def test_precompute_series_per_series_forecasters_and_ablation() -> None:
+    series = [synthetic_series(60, s) for s in range(3)]
+    datas = precompute_series(series, [last_value_quantiles] * 3)
+    assert [d.layout for d in datas] == ["quantiles"] * 3
+    np.testing.assert_array_equal(datas[1].forecast, last_value_forecast(all_windows(series[1])))  # the median
+    off = precompute(series[0], last_value_quantiles, use_forecast=False)
+    assert (off.obs[:, FORECAST_COL:] == 0).all() and (
+        off.obs[:, :FORECAST_COL] == datas[0].obs[:, :FORECAST_COL]
+    ).all()
+    with pytest.raises(ValueError, match="mixed observation layouts"):
+        precompute_series(series, [last_value_quantiles, last_value_forecast, last_value_forecast])
+    with pytest.raises(ValueError, match="one forecaster per series"):
+        precompute_series(series, [last_value_forecast])
 
 
 def _rollout(env: LinkAllocationEnv, seed: int, actions: list[int]) -> tuple[list[np.ndarray], list[float], list[dict]]:
@@ -162,17 +231,20 @@ def _rollout(env: LinkAllocationEnv, seed: int, actions: list[int]) -> tuple[lis
     return seen, rewards, infos
 
 
+@pytest.mark.parametrize("layout", ["point", "quantiles"])
 @pytest.mark.parametrize("mode", ["series", "profile"])
-def test_env_same_seed_same_trajectory(mode: str) -> None:
+def test_env_same_seed_same_trajectory(mode: str, layout: str) -> None:
+    fc = last_value_quantiles if layout == "quantiles" else last_value_forecast
+
     def make() -> LinkAllocationEnv:
         if mode == "series":
-            return LinkAllocationEnv([synthetic_series(100, s) for s in range(5)], episode_len=30)
-        return LinkAllocationEnv.from_profile("mixed", episode_len=30, link_indices=range(4))
+            return LinkAllocationEnv([synthetic_series(100, s) for s in range(5)], fc, episode_len=30)
+        return LinkAllocationEnv.from_profile("mixed", 30, fc, link_indices=range(4), layout=layout)
 
     actions = list(np.random.default_rng(0).integers(0, N_ACTIONS, size=75))
     o1, r1, _ = _rollout(make(), 123, actions)
     o2, r2, _ = _rollout(make(), 123, actions)
-    assert len(o1) == len(o2)
+    assert len(o1) == len(o2) and o1[0].shape == (obs_dim(layout),)
     for a, b in zip(o1, o2):
         np.testing.assert_array_equal(a, b)
     assert r1 == r2

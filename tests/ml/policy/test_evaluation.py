@@ -130,7 +130,7 @@ def test_cli_rules_from_model_metadata_and_quantile_forecaster() -> None:
             }
         }
 
-        def quantile(self, windows: np.ndarray, tau: float) -> np.ndarray:
+        def quantile(self, windows: np.ndarray, tau: float, profiles=None) -> np.ndarray:
             return windows[:, -1, 1] * tau
 
     notes: list[str] = []
@@ -145,6 +145,13 @@ def test_cli_rules_from_model_metadata_and_quantile_forecaster() -> None:
     ewma_rule, (qrule, _), sources = _rules(args, NoPolicyMeta(), "data", notes)  # files: args.profile
     assert sources["ewma_rule"] == sources["quantile_rule"] and "simulator:internet:seed=1:" in sources["ewma_rule"]
     assert ewma_rule.alpha in ALPHA_GRID and qrule.tau is not None and len(notes) == 2
+
+    class PointModelMeta(FakePredictor):  # what `bwp train --head point` writes: quantile_rule null
+        metadata = {"policy": {"ewma_rule": EwmaRule(0.7, 0.85, 0.8).to_json(), "quantile_rule": None}}
+
+    notes.clear()
+    ewma_rule, (qrule, _), sources = _rules(args, PointModelMeta(), "internet", notes)
+    assert sources["ewma_rule"] == "model metadata" and "simulator:internet" in sources["quantile_rule"]
 
 
 def test_series_from_jsonl(tmp_path: Path) -> None:

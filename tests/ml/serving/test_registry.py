@@ -87,6 +87,38 @@ def test_metadata_shape_mismatch_is_refused(tmp_path, parts):
         reg.load_version(tmp_path, v)
 
 
+# A point LSTM passes the quantile head's shape check when H x Q = 1 (the Q-network check is the subject here).
+_ONE_BY_ONE = {"head": "quantile", "forecast": {"horizons": [1], "quantiles": [0.5]}}
+
+
+@pytest.mark.parametrize(
+    ("meta", "width", "error"),
+    [
+        ({}, 9, None),  # every artefact before the layout was recorded: 9 columns
+        ({"policy": {"observation": "point"}}, 9, None),
+        ({**_ONE_BY_ONE, "policy": {"observation": "quantiles"}}, 11, None),
+        (
+            {},
+            11,
+            r"takes \[11\] inputs, but its observation layout 'point' \(metadata policy.observation, absent\) has 9",
+        ),
+        ({**_ONE_BY_ONE, "policy": {"observation": "quantiles"}}, 9, r"layout 'quantiles' .* has 11 columns"),
+        ({"policy": {"observation": "quantiles"}}, 11, "'quantiles' but the forecaster is a point model"),
+        ({"policy": {"observation": "deltas"}}, 9, "unknown observation layout 'deltas'"),
+    ],
+)
+def test_qnet_width_must_match_the_observation_layout(tmp_path, parts, meta, width, error):
+    from ml.policy.qnet import build_qnetwork
+
+    lstm, _, pre, _ = parts
+    v = reg.save_version(tmp_path, lstm, build_qnetwork(width, seed=0), pre, meta)
+    if error is None:
+        assert reg.load_version(tmp_path, v).qnet.input_shape == (None, width)
+    else:
+        with pytest.raises(ModelError, match=error):
+            reg.load_version(tmp_path, v)
+
+
 def test_no_model_and_unknown_version(tmp_path):
     with pytest.raises(ModelError, match="no current model"):
         reg.load_version(tmp_path)
