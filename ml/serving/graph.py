@@ -16,11 +16,12 @@ runs in float64, as in numpy; only the two networks run in float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ml.forecast.features import _ABS_EPS, _REL_EPS, BW, LAT, Preprocessor
 from ml.policy.observation import FORECAST_CLIP, LOSS, OBS_HIGH, OBS_LOW, REL
+from ml.smoothing import ewma_weights
 from stream.core.records import N_ACTIONS
 
 
@@ -96,11 +97,29 @@ def graph_parts(preprocessor: Preprocessor) -> tuple[Callable[[Any], tuple], Cal
     return transform, observe
 
 
-def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callable[[Any], tuple[Any, Any, Any]]:
-    """``serve(windows)``: (N, 10, 4) float64 raw windows ->
-    (forecast Mbit/s (N,) float64, action (N,) int32 in 0..9, reference Mbit/s (N,) float64).
+def snap_tf(alloc: Any, ref: Any) -> Any:
+    """:func:`ml.policy.observation.snap_down` in TensorFlow ops: the largest action whose
+    allocation does not exceed ``alloc`` (N,) on links with reference ``ref`` (N,)."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
 
-    The point head (v1 artefacts and ``bwp train --head point``). Not wrapped in
+    share = tf.where(ref > 0, alloc / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.ones_like(ref))
+    a = tf.cast(tf.floor(share * N_ACTIONS + 1e-9), tf.int32) - 1
+    return tf.clip_by_value(a, 0, N_ACTIONS - 1)
+
+
+def serving_function(
+    preprocessor: Preprocessor,
+    lstm: Any,
+    qnet: Any,
+    policies: Sequence[int] = (0,),
+    ewma_rule: tuple[float, float] = (0.5, 0.8),
+) -> Callable[[Any, Any], tuple[Any, Any, Any, Any]]:
+    """``serve(windows, group)``: (N, 10, 4) float64 raw windows and (N,) int32 profile groups ->
+    (forecast Mbit/s (N,) float64, action (N,) int32 in 0..9, reference Mbit/s (N,) float64,
+    policy index (N,) int32: 0 the DDQN, 1 the EWMA rule).
+
+    The point head (v1 artefacts and ``bwp train --head point``). ``policies[g]`` is the policy
+    chosen at training for group ``g``; ``ewma_rule`` its (alpha, k). Not wrapped in
     ``tf.function``; the caller compiles it (plain or XLA).
     """
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
@@ -109,9 +128,12 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
     mode = preprocessor.mode
     y_mean = tf.constant(preprocessor.y_mean, f64)
     y_std = tf.constant(preprocessor.y_std, f64)
+    pol = tf.constant(list(policies), tf.int32)  # (G,)
+    rule_w = tf.constant(ewma_weights(ewma_rule[0]), f64)  # (10,)
+    rule_k = float(ewma_rule[1])
     transform, observe = graph_parts(preprocessor)
 
-    def serve(w: Any) -> tuple[Any, Any, Any]:
+    def serve(w: Any, group: Any) -> tuple[Any, Any, Any, Any]:
         w, bw, x, x_lat, level, eps = transform(w)
         # --- LSTM, then Preprocessor.inverse_target -> (N,) Mbit/s
         z = tf.cast(tf.reshape(lstm(x, training=False), [-1]), f64) * y_std + y_mean
@@ -123,7 +145,9 @@ def serving_function(preprocessor: Preprocessor, lstm: Any, qnet: Any) -> Callab
         forecast = tf.maximum(forecast, 0.0)
         obs, ref = observe(w, bw, x_lat, forecast)  # (N, 9), (N,)
         q = qnet(obs, training=False)
-        action = tf.clip_by_value(tf.argmax(q, axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
-        return forecast, action, ref
+        a_ddqn = tf.clip_by_value(tf.argmax(q, axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
+        a_ewma = snap_tf(rule_k * tf.linalg.matvec(bw, rule_w), ref)  # ml.policy.rules.ewma_rule_actions
+        p = tf.gather(pol, group)
+        return forecast, tf.where(p == 1, a_ewma, a_ddqn), ref, p
 
     return serve

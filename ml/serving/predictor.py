@@ -120,8 +120,22 @@ class Predictor:
             )
             self._groups = {g: i for i, g in enumerate(self.spec.groups())}
         else:
-            point = serving_function(self.preprocessor, self._lstm, self._qnet)
-            serve = lambda w, g: point(w)  # noqa: E731 - one signature for both heads
+            # The point head serves the DDQN or the EWMA rule, per profile, as chosen at training
+            # (v1 artefacts have no choice: the DDQN everywhere).
+            pol = self.metadata.get("policy") or {}
+            serving = pol.get("serving") or {"*": "ddqn"}
+            groups = ["*", *sorted(g for g in serving if g != "*")]
+            choice = [serving.get(g, serving.get("*", "ddqn")) for g in groups]
+            if any(c not in POLICIES[:2] for c in choice):
+                raise ModelError(
+                    f"model {self.version}: a point model serves ddqn or ewma_rule, metadata says {serving}"
+                )
+            rule = pol.get("ewma_rule") or {"alpha": 0.5, "k": 0.8}
+            serve = serving_function(
+                self.preprocessor, self._lstm, self._qnet,
+                [POLICIES.index(c) for c in choice], (float(rule["alpha"]), float(rule["k"])),
+            )  # fmt: skip
+            self._groups = {g: i for i, g in enumerate(groups)}
         # One concrete function per bucket: shapes are static, so nothing retraces later.
         self._serve_fn = tf.function(serve, reduce_retracing=False)
         self.xla = xla_enabled() if xla is None else xla
@@ -206,20 +220,21 @@ class Predictor:
         """
         w = self._check(windows)
         n = w.shape[0]
-        if self.spec is None:
-            g = np.zeros(n, np.int32)
-        else:
-            g = np.fromiter((self._groups.get(p, 0) for p in (profiles or [None] * n)), np.int32, count=n)  # type: ignore[arg-type]
+        g = np.fromiter((self._groups.get(p, 0) for p in (profiles or [None] * n)), np.int32, count=n)  # type: ignore[arg-type]
         if n == 0:
             out: tuple[np.ndarray, ...] = (np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
-            if self.spec is not None:
+            if self.spec is None:
+                out += (np.zeros(0, np.int32),)
+            else:
                 shape = (0, len(self.spec.horizons), len(self.spec.quantiles))
                 out += (np.zeros(shape), np.zeros(0, np.int32), np.zeros(0, np.int32))
         else:
             with self._lock:
                 out = self._run(w, g)  # N rows each
         if self.spec is None:
-            return Prediction(out[0], out[1].astype(np.int64), out[2])
+            return Prediction(
+                out[0], out[1].astype(np.int64), out[2], policy=np.asarray(POLICIES, dtype=object)[out[3]]
+            )
         return Prediction(
             out[0],
             out[1].astype(np.int64),

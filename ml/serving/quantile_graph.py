@@ -31,7 +31,7 @@ from ml.forecast.features import _ABS_EPS, _REL_EPS, Preprocessor
 from ml.forecast.naive import NAIVE
 from ml.forecast.quantiles import Z_CLIP, tau_weights
 from ml.policy.observation import QUANTILE_OBS_LEVELS, obs_dim
-from ml.serving.graph import graph_parts
+from ml.serving.graph import graph_parts, snap_tf
 from ml.smoothing import ewma_weights
 from stream.core.records import N_ACTIONS
 
@@ -51,15 +51,6 @@ def spec_arrays(spec: ForecastSpec, policies: dict[str, str]) -> dict[str, np.nd
         "ew": np.stack([ewma_weights(a) for a in spec.naive.alphas], axis=1),
         "pol": np.array([POLICIES.index(policies.get(g, policies["*"])) for g in groups], dtype=np.int32),
     }
-
-
-def _snap(alloc: Any, ref: Any) -> Any:
-    """ml.policy.observation.snap_down, in TensorFlow ops."""
-    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
-
-    share = tf.where(ref > 0, alloc / tf.where(ref > 0, ref, tf.ones_like(ref)), tf.ones_like(ref))
-    a = tf.cast(tf.floor(share * N_ACTIONS + 1e-9), tf.int32) - 1
-    return tf.clip_by_value(a, 0, N_ACTIONS - 1)
 
 
 def _z_at(z1: Any, taus: tuple[float, ...], tau: float, exact: bool) -> Any:
@@ -148,8 +139,8 @@ def quantile_serving_function(
             ]
         obs, ref = observe(w, bw, x_lat, forecast, *tails)
         a_ddqn = tf.clip_by_value(tf.argmax(qnet(obs, training=False), axis=1, output_type=tf.int32), 0, N_ACTIONS - 1)
-        a_ewma = _snap(rule_k * tf.linalg.matvec(bw, rule_w), ref)
-        a_quant = _snap(_mbps(_z_at(z1, spec.quantiles, quantile_tau, False), last, eps), ref)
+        a_ewma = snap_tf(rule_k * tf.linalg.matvec(bw, rule_w), ref)
+        a_quant = snap_tf(_mbps(_z_at(z1, spec.quantiles, quantile_tau, False), last, eps), ref)
         p = tf.gather(pol, group)
         action = tf.where(p == 0, a_ddqn, tf.where(p == 1, a_ewma, a_quant))
         source = tf.argmax(sel[:, 0], axis=1, output_type=tf.int32)

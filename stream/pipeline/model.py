@@ -121,10 +121,13 @@ def build_decisions(
         else [None] * len(records)
     )
     if schema_version == DECISION_SCHEMA_V1 or wire is None:
+        # a point model may still say which policy served (the DDQN or the EWMA rule)
+        pols = getattr(pred, "policy", None)
+        pl: list[str | None] = [None] * len(records) if pols is None else np.asarray(pols).tolist()
         return [
             Decision.make(r.link_id, r.seq, r.ts_ms, b, a, f, version, now, r.profile, schema_version=schema_version,
-                          compression=c)
-            for r, b, a, f, c in zip(records, bw, act, ref, comp)
+                          compression=c, policy=p)
+            for r, b, a, f, c, p in zip(records, bw, act, ref, comp, pl)
         ]  # fmt: skip
     hs = [int(h) for h in pred.horizons]  # type: ignore[attr-defined]
     src = pred.forecast_source.tolist()  # type: ignore[attr-defined]

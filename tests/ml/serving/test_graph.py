@@ -62,8 +62,10 @@ def _reference(pre: Preprocessor, lstm, qnet, w: np.ndarray):
 def _check(graphs, nets, mode: str, w: np.ndarray) -> None:
     pre, plain, xla = graphs[mode]
     bw_ref, q_ref, ref_ref = _reference(pre, *nets, w)
+    g = np.zeros(len(w), np.int32)
     for fn in (plain, xla):
-        bw, act, ref = (t.numpy() for t in fn(w))
+        bw, act, ref, pol = (t.numpy() for t in fn(w, g))
+        assert np.all(pol == 0)  # one group, the DDQN
         np.testing.assert_allclose(bw, bw_ref, rtol=2e-5, atol=1e-9)
         np.testing.assert_array_equal(ref, ref_ref)
         # the action is the argmax of the reference Q-values, or a near-tie within float32 rounding
@@ -105,3 +107,25 @@ _value = st.floats(0.0, 1e5, allow_nan=False, allow_infinity=False, allow_subnor
 def test_graph_equals_numpy_on_any_window(graphs, nets, w, mode):
     w[:, :, [LOSS, REL]] = np.minimum(w[:, :, [LOSS, REL]], 1.0)  # ratios, as the telemetry schema requires
     _check(graphs, nets, mode, w)
+
+
+def test_point_graph_serves_the_ewma_rule_where_training_chose_it(nets):
+    """Group 1 chose the EWMA rule: its actions are ml.policy.rules.ewma_rule_actions; group 0
+    keeps the DDQN's; the policy index says which served."""
+    import tensorflow as tf
+
+    from ml.policy.rules import ewma_rule_actions
+    from ml.serving.graph import serving_function
+
+    lstm, qnet = nets
+    pre = _fitted(MODES[0])
+    fn = tf.function(serving_function(pre, lstm, qnet, policies=(0, 1), ewma_rule=(0.3, 0.7)))
+    w = _edge_windows()
+    g = np.arange(len(w), dtype=np.int32) % 2
+    _, act, _, pol = (t.numpy() for t in fn(w, g))
+    ddqn = fn(w, np.zeros(len(w), np.int32))[1].numpy()
+    rule = ewma_rule_actions(w, 0.3, 0.7)
+    np.testing.assert_array_equal(pol, g)
+    np.testing.assert_array_equal(act[g == 1], rule[g == 1])
+    np.testing.assert_array_equal(act[g == 0], ddqn[g == 0])
+    assert np.any(rule != ddqn)  # the two policies differ here: the check can fail
