@@ -152,6 +152,13 @@ def panels() -> list[dict[str, Any]]:
              "drift detections {{profile}} (last hour)"),
         ], "short", "Mean |forecast - actual| in Mbit/s per predictor and profile; drift detections (Page-Hinkley "
            "on model minus last-value relative error) over the last hour; each one sets the retrain flag."),
+        timeseries("Live accuracy: mean pinball loss, served quantiles vs naive (quantile decisions)", [
+            (f"sum by (predictor, profile) (rate(bwp_live_pinball_mbps_sum{{{SEL}}}[$__rate_interval])) / "
+             f"sum by (predictor, profile) (rate(bwp_live_pinball_mbps_count{{{SEL}}}[$__rate_interval]))",
+             "{{predictor}} {{profile}}"),
+        ], "short", "Mean pinball loss (Mbit/s) over p10/p50/p90 of each scored h = 1 quantile forecast: served vs "
+           "the last value widened by the model's training quantiles. Drift on quantile decisions watches this "
+           "(relative to the actual); the served line above the naive one means the model no longer beats it."),
         timeseries("Garbage-collector pauses (p99 by generation)",
                    quantiles("bwp_gc_pause_seconds", by="generation", qs=(0.99,)), "s",
                    "Every thread of a worker waits during a collection. Full (generation 2) collections skip the "

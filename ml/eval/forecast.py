@@ -27,7 +27,7 @@ from ml.data import LinkSeries, records_to_links, windows_of
 from ml.eval.probabilistic import prob_report, quantile_forecasts, summary
 from ml.forecast.baselines import BASELINES, baseline_forecasters
 from ml.forecast.training import make_quantile_model_fn
-from ml.serving.predictor import load_predictor
+from ml.serving.predictor import Predictor, load_predictor
 from stream.core.records import Telemetry
 
 PREDICTORS = ("lstm",) + BASELINES
@@ -170,7 +170,11 @@ def evaluate_links(model_dir: Path | str, version: str | None, links: Sequence[L
     For a quantile model the report also has the per-horizon probabilistic scores
     (``horizons``, ``forecast_sources``, ``quantile_summary``; :mod:`ml.eval.probabilistic`).
     """
-    pred = load_predictor(model_dir, version)
+    return evaluate_predictor(load_predictor(model_dir, version), links)
+
+
+def evaluate_predictor(pred: Predictor, links: Sequence[LinkSeries]) -> dict[str, Any]:
+    """:func:`evaluate_links` of an already loaded predictor (callers that score it more ways)."""
     rep = report(forecasts_for_links(pred, links, float(pred.metadata.get("ewma_alpha", 0.5))))
     rep["version"] = pred.version
     if pred.spec is not None:

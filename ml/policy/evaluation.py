@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import file_links, simulator_links, simulator_seeds
+from ml.data import LinkSeries, file_links, simulator_links, simulator_seeds
 from ml.policy.env import (
     DEFAULT_EPISODE_LEN,
     TRAIN_SEED_LIMIT,
@@ -287,6 +287,43 @@ def predictor_policy(
     return forecaster, policy
 
 
+def links_policy_reward(predictor: Any, links: Sequence[LinkSeries]) -> dict[str, Any]:
+    """Mean reward of ``predictor``'s served allocations on held-out ``links`` (``bwp retrain``'s gate).
+
+    Each link is one episode of :func:`evaluate_series` with :func:`predictor_policy` of its
+    profile; every state with a next state is a decision. Returns ``mean_reward`` (None when no
+    link has ``WINDOW + 1`` states), ``decisions``, ``fixed_50_mean_reward``,
+    ``oracle_mean_reward`` and the same per profile in ``by_profile`` (profile None: ``"unknown"``).
+    """
+    groups: dict[str | None, list[np.ndarray]] = {}
+    for link in links:
+        if link.steps > WINDOW:
+            groups.setdefault(link.profile, []).append(link.data)
+    by_profile: dict[str, dict[str, Any]] = {}
+    for profile, series in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        forecaster, policy = predictor_policy(predictor, profile)
+        res = evaluate_series(series, forecaster, policy)
+        m = res["mean_reward"]
+        by_profile[profile or "unknown"] = {
+            "decisions": res["decisions"],
+            "mean_reward": m["ddqn"],
+            "fixed_50_mean_reward": m["fixed_50"],
+            "oracle_mean_reward": m["oracle"],
+        }
+    n = sum(v["decisions"] for v in by_profile.values())
+
+    def mean(key: str) -> float | None:
+        return float(sum(v[key] * v["decisions"] for v in by_profile.values()) / n) if n else None
+
+    return {
+        "decisions": n,
+        "mean_reward": mean("mean_reward"),
+        "fixed_50_mean_reward": mean("fixed_50_mean_reward"),
+        "oracle_mean_reward": mean("oracle_mean_reward"),
+        "by_profile": by_profile,
+    }
+
+
 def load_qnet(path: Path | str) -> Any:
     """A Q-network saved as ``.keras`` (safe mode)."""
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
@@ -306,6 +343,7 @@ __all__ = [
     "evaluate_series",
     "heldout_series",
     "last_value_forecast",
+    "links_policy_reward",
     "normalized_score",
     "predict_then_allocate_actions",
     "series_from_jsonl",

@@ -7,7 +7,14 @@ Signal, per profile, for every forecast whose actual value has arrived::
     x          = e_model - e_baseline
 
 ``x`` is how much worse (in absolute relative error) the model does than the
-last-value baseline on the same step. Differencing against the baseline removes
+last-value baseline on the same step. For a quantile forecast (decisions schema v2/v3:
+h = 1 p10, p50, p90) both errors are instead :func:`relative_pinballs`, the mean pinball
+loss over the quantiles (0.1, 0.5, 0.9), times 2, over ``max(|actual|, FLOOR)``, clipped
+at ``CLIP``; the baseline is then the naive probabilistic forecaster (last value widened
+by the model's training quantiles, :mod:`stream.lifecycle.live`). Times 2 because twice
+the mean pinball loss of quantiles that are all equal to ``f`` is ``|f - actual|``: a
+point forecast scores its absolute relative error either way, so both kinds of step
+can feed one test with the same ``delta`` and ``threshold``. Differencing against the baseline removes
 what is simply a harder period for everyone (a bursty hour raises both errors);
 what is left rises when the *model* stopped fitting the traffic. A one-sided
 (increase) Page-Hinkley test (``river.drift.PageHinkley``, mode ``up``) watches the
@@ -61,6 +68,32 @@ def relative_errors(forecast: Any, actual: Any, clip: float = CLIP, floor: float
     with np.errstate(invalid="ignore", over="ignore"):
         e = np.minimum(clip, np.abs(f - a) / np.maximum(np.abs(a), floor))
     return np.where(np.isfinite(f) & np.isfinite(a), e, clip)
+
+
+#: Quantile levels of the decisions' p10, p50, p90 (what the pinball drift signal averages over).
+PINBALL_TAUS = (0.1, 0.5, 0.9)
+
+
+def pinball_losses(quantiles: Any, actual: Any, taus: Any = PINBALL_TAUS) -> Any:
+    """Per step, the mean pinball loss over ``taus`` of quantile forecasts ``quantiles`` (n, Q)
+    for outcomes ``actual`` (n,), in the forecast's unit (float64 (n,); NaN where an input is)."""
+    q = np.asarray(quantiles, dtype=np.float64).reshape(len(actual), -1)
+    y = np.asarray(actual, dtype=np.float64)[:, None]
+    t = np.asarray(taus, dtype=np.float64)[None, :]
+    d = y - q
+    with np.errstate(invalid="ignore"):
+        return np.maximum(t * d, (t - 1.0) * d).mean(axis=1)
+
+
+def relative_pinballs(quantiles: Any, actual: Any, clip: float = CLIP, floor: float = FLOOR) -> Any:
+    """``min(clip, 2 * pinball / max(|actual|, floor))`` per step (:func:`pinball_losses` over
+    :data:`PINBALL_TAUS`); a non-finite input gives ``clip``, like :func:`relative_errors`.
+    All quantiles equal to ``f``: exactly :func:`relative_errors` of ``f``."""
+    a = np.asarray(actual, dtype=np.float64)
+    p = pinball_losses(quantiles, a)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.minimum(clip, 2.0 * p / np.maximum(np.abs(a), floor))
+    return np.where(np.isfinite(e), e, clip)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -174,7 +174,13 @@ class ModelWatcher:
 
 
 def attach_reloader(
-    app: Any, core: Any, settings: Any, metrics: WorkerMetrics, poll_s: float = POLL_S, heap: HeapGuard | None = None
+    app: Any,
+    core: Any,
+    settings: Any,
+    metrics: WorkerMetrics,
+    poll_s: float = POLL_S,
+    heap: HeapGuard | None = None,
+    on_swap: Sequence[Callable[[Any], None]] = (),
 ) -> ModelWatcher:
     """Run a :class:`ModelWatcher` on ``settings.model_dir`` as a task of the Faust ``app``, swapping into ``core``.
 
@@ -182,8 +188,20 @@ def attach_reloader(
     "overlapping" warnings; here the next poll simply starts ``poll_s`` after the load.
     With ``heap`` (a :class:`stream.pipeline.heap.HeapGuard`), each swap is followed,
     :data:`REFREEZE_DELAY_S` later, by ``heap.refreeze()``, so a frozen old model is collected.
+    Each ``on_swap(predictor)`` runs on the event loop just before a verified model is swapped
+    in (e.g. ``LiveScorer.register``: the live scorer learns the new model's metadata before
+    its first decision); one that raises is logged and never stops the swap.
     """
-    watcher = ModelWatcher(settings.model_dir, core.predictor.version, core.set_predictor, metrics)
+
+    def apply(predictor: Any) -> None:
+        for f in on_swap:
+            try:
+                f(predictor)
+            except Exception:
+                log.exception("model reload: an on_swap callback failed for %s (the swap goes on)", predictor.version)
+        core.set_predictor(predictor)
+
+    watcher = ModelWatcher(settings.model_dir, core.predictor.version, apply, metrics)
 
     @app.task
     async def _poll_model() -> None:

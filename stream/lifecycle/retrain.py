@@ -23,9 +23,12 @@ the newest day, 3 at one half-life, 2 at two, 1 from about 2.6 half-lives on). T
 windows uniformly, so copies act as weights; the DDQN draws its episodes from the
 same chunks.
 
-Gate (:func:`decide`): the candidate is promoted only if its holdout MAE is at
-least ``margin`` (relative) below the current model's MAE **and** below every naive
-baseline's MAE on the same holdout. With no current model only the baselines count.
+Gate (:func:`stream.lifecycle.gate.decide`, re-exported here): candidate and current model are
+scored on the same holdout, forecast accuracy (``ml.eval.forecast``: MAE, and for a quantile
+model the mean pinball loss at h = 1 and h = 10) and the mean policy reward of their served
+allocations (``ml.policy.evaluation.links_policy_reward``). The candidate must beat the naive
+forecasters and, by ``margin``, the current model's forecast, and its reward must be finite
+and at least the current model's. With no current model only the baselines count.
 Otherwise the candidate stays registered, not current. Every run (failures too)
 writes ``<model_dir>/retrain-reports/<UTC timestamp>.json`` and returns the same
 report. A non-blocking ``flock`` on ``<model_dir>/.retrain.lock`` keeps two runs
@@ -36,139 +39,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ml.eval.forecast import evaluate_links
+from ml.eval.forecast import evaluate_predictor
+from ml.policy.evaluation import links_policy_reward
 from ml.serving import registry
+from ml.serving.predictor import load_predictor
 from ml.train import TrainConfig, train
-from stream.core.errors import BwpError, ConfigError
+from stream.core.errors import BwpError
 from stream.core.fileio import ExclusiveLock, atomic_write_text
 from stream.core.progress import Progress, stderr_progress
 from stream.lifecycle.drift import RetrainFlag
+from stream.lifecycle.gate import GateVerdict, decide
 from stream.lifecycle.retrain_data import RetrainConfig, load_data
 
 LOCK_FILE = ".retrain.lock"
 REPORTS_DIR = "retrain-reports"
-
-
-# --- the gate ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GateVerdict:
-    """Whether to promote, and why (one sentence for humans, the numbers in the report)."""
-
-    promote: bool
-    reason: str
-
-
-def _mae(metrics: dict[str, Any], name: str) -> float:
-    try:
-        return float(metrics["predictors"][name]["mae"])
-    except (KeyError, TypeError, ValueError):
-        return math.nan
-
-
-#: Horizons the gate compares a quantile candidate on (mean pinball loss of the served forecast).
-GATE_HORIZONS = ("1", "10")
-
-
-def _pinballs(metrics: dict[str, Any] | None) -> dict[str, dict[str, float]] | None:
-    """Horizon -> predictor -> mean pinball of a quantile model's report (None for a point model)."""
-    if not metrics or "horizons" not in metrics:
-        return None
-    try:
-        return {h: {k: float(v["pinball"]) for k, v in metrics["horizons"][h]["predictors"].items()}
-                for h in GATE_HORIZONS}  # fmt: skip
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def decide_quantile(
-    cand: dict[str, dict[str, float]], current: dict[str, dict[str, float]] | None, margin: float
-) -> GateVerdict:
-    """The gate of a quantile candidate: for h = 1 and 10, its served mean pinball loss must be
-    finite, at most every naive forecaster's (no margin: the fallback serves one of them where
-    the model does not win) and ``<= (1 - margin)`` times the current quantile model's."""
-    losing = []
-    for h in GATE_HORIZONS:
-        c = cand[h].get("served", math.nan)
-        if not math.isfinite(c):
-            return GateVerdict(False, f"candidate pinball at h={h} is not a number ({c}); nothing was scored")
-        for name in ("last_value", "ewma", "moving_average"):
-            ref = cand[h].get(name, math.nan)
-            if math.isfinite(ref) and not c <= ref:
-                losing.append(f"{name} at h={h} ({c:.4g} > {ref:.4g})")
-        if current is not None:
-            ref = current[h].get("served", math.nan)
-            if not math.isfinite(ref):
-                return GateVerdict(False, f"the current model's pinball at h={h} is not a number; refusing to compare")
-            if not c <= (1.0 - margin) * ref:
-                losing.append(f"current model at h={h} ({c:.4g} vs {ref:.4g}, margin {margin:.1%})")
-    if losing:
-        return GateVerdict(False, "candidate pinball loss does not beat " + "; ".join(losing))
-    vs = "the current model and every naive forecaster" if current is not None else "every naive forecaster"
-    return GateVerdict(True, f"candidate pinball loss at h=1 and h=10 beats {vs}")
-
-
-def decide(candidate_metrics: dict[str, Any], current_metrics: dict[str, Any] | None, margin: float) -> GateVerdict:
-    """The promotion gate.
-
-    A quantile candidate (its report has ``horizons``) goes through :func:`decide_quantile`
-    against a quantile current model; against a point current model (or none) it must beat the
-    naive forecasters' pinball and the current model's MAE. Otherwise (point candidate):
-
-    ``candidate_metrics`` / ``current_metrics`` are ``ml.eval.forecast`` reports on the same
-    holdout (``{"predictors": {"lstm": {"mae"}, "last_value": {...}, ...}}``); the
-    baselines are taken from the candidate's report. Promote iff the candidate's MAE
-    is finite and ``<= (1 - margin) * ref`` for every reference: the current model's
-    MAE (if there is a current model) and every baseline's MAE.
-    """
-    if not 0.0 <= margin < 1.0:
-        raise ConfigError(f"margin must be in [0, 1), got {margin}")
-    cand_pin = _pinballs(candidate_metrics)
-    if cand_pin is not None:
-        cur_pin = _pinballs(current_metrics)
-        verdict = decide_quantile(cand_pin, cur_pin, margin)
-        if not verdict.promote or current_metrics is None or cur_pin is not None:
-            return verdict
-        cand_mae, cur_mae = _mae(candidate_metrics, "lstm"), _mae(current_metrics, "lstm")
-        if not (math.isfinite(cur_mae) and cand_mae <= (1.0 - margin) * cur_mae):
-            return GateVerdict(
-                False, f"candidate MAE {cand_mae:.4g} does not beat the current point model's {cur_mae:.4g}"
-            )
-        return GateVerdict(
-            True, verdict.reason + f", and the current point model's MAE ({cand_mae:.4g} vs {cur_mae:.4g})"
-        )
-    cand = _mae(candidate_metrics, "lstm")
-    if not math.isfinite(cand):
-        return GateVerdict(False, f"candidate MAE is not a number ({cand}); nothing was scored")
-    refs: dict[str, float] = {}
-    if current_metrics is not None:
-        refs["current model"] = _mae(current_metrics, "lstm")
-    for name in candidate_metrics.get("predictors", {}):
-        if name != "lstm":
-            refs[name] = _mae(candidate_metrics, name)
-    if not any(n != "current model" for n in refs):
-        return GateVerdict(False, "the candidate report has no baseline predictors to compare with")
-    losing = []
-    for name, ref in refs.items():
-        if not math.isfinite(ref):
-            if name == "current model":
-                return GateVerdict(False, f"the current model's MAE is not a number ({ref}); refusing to compare")
-            continue
-        if not cand <= (1.0 - margin) * ref:
-            losing.append(f"{name} {ref:.4g}")
-    bar = f"by {margin:.1%}" if margin else ""
-    if losing:
-        return GateVerdict(False, f"candidate MAE {cand:.4g} does not beat {', '.join(losing)} {bar}".rstrip())
-    best = min(v for v in refs.values() if math.isfinite(v))
-    vs = "the current model and every baseline" if current_metrics is not None else "every baseline (no current model)"
-    return GateVerdict(
-        True, f"candidate MAE {cand:.4g} beats {vs} {bar} (best reference {best:.4g})".replace("  ", " ")
-    )
+__all__ = ["GateVerdict", "RetrainLock", "decide", "run_retrain", "score_holdout", "write_retrain_report"]
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -218,6 +108,15 @@ def _train_candidate(cfg: RetrainConfig, data: Any, model_dir: Path, say: Progre
         raise BwpError(f"training the candidate failed: {type(exc).__name__}: {exc}") from exc
 
 
+def score_holdout(model_dir: Path, version: str, links: Any) -> dict[str, Any]:
+    """Load ``version`` once and score it on ``links``: the ``ml.eval.forecast`` report plus
+    ``policy`` (the mean reward of its served allocations, ``links_policy_reward``)."""
+    pred = load_predictor(model_dir, version)
+    rep = evaluate_predictor(pred, links)
+    rep["policy"] = links_policy_reward(pred, links)
+    return rep
+
+
 def _gate(
     cfg: RetrainConfig,
     data: Any,
@@ -228,17 +127,19 @@ def _gate(
     say: Progress,
 ) -> GateVerdict:
     """Score candidate and current on the holdout (into ``report``), decide, promote a winner."""
-    cand_rep = evaluate_links(model_dir, cand, data.holdout)
+    cand_rep = score_holdout(model_dir, cand, data.holdout)
     report["candidate"]["metrics"] = cand_rep
+    report["candidate"]["policy_reward"] = cand_rep["policy"]["mean_reward"]
     cur_rep = None
     if current is not None:
         try:
-            cur_rep = evaluate_links(model_dir, current, data.holdout)
+            cur_rep = score_holdout(model_dir, current, data.holdout)
         except BwpError as exc:
             # a current model that cannot be loaded is no reason to keep it
             report["current"]["error"] = str(exc)
             say(f"current model {current} cannot be evaluated: {exc}")
         report["current"]["metrics"] = cur_rep
+        report["current"]["policy_reward"] = cur_rep["policy"]["mean_reward"] if cur_rep is not None else None
     decision = decide(cand_rep, cur_rep, cfg.margin)
     if current is not None and cur_rep is None and decision.promote:
         decision = GateVerdict(True, decision.reason + f"; current model {current} failed to load")

@@ -30,6 +30,8 @@ _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Live forecast errors: Mbit/s from sub-1 (cellular) to hundreds (datacenter); relative errors clip at 2.
 _ABS_ERR_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+# Mean pinball loss over p10/p50/p90: about half an absolute error or less, Mbit/s.
+_PINBALL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0)
 _REL_ERR_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4000, 8000)
 # Collector pauses: generation 0 takes well under a millisecond, a full one of an unfrozen
@@ -63,6 +65,7 @@ class WorkerMetrics:
     # live accuracy (stream/live.py): forecast vs the link's next state, per predictor and profile
     live_abs_error: Histogram  # predictor: lstm | last_value, profile
     live_rel_error: Histogram  # predictor, profile
+    live_pinball: Histogram  # predictor: served | last_value, profile
     live_quantile_scored: Counter  # profile, horizon
     live_quantile_below: Counter  # profile, horizon, quantile
     drift_detections: Counter  # profile
@@ -137,6 +140,13 @@ class WorkerMetrics:
                 "min(2, |forecast - actual| / max(actual, 0.001 Mbit/s)) of each scored forecast, by predictor "
                 "and profile.", ["predictor", "profile"], buckets=_REL_ERR_BUCKETS, registry=r,
             ),
+            live_pinball=Histogram(
+                "bwp_live_pinball_mbps",
+                "Mean pinball loss over the quantiles 0.1, 0.5, 0.9 of each scored h = 1 quantile forecast "
+                "(decisions schema v2/v3; actual = the link's next state), by predictor (served: the decision's "
+                "p10/p50/p90; last_value: the last value widened by the model's training quantiles) and profile.",
+                ["predictor", "profile"], buckets=_PINBALL_BUCKETS, registry=r,
+            ),
             live_quantile_scored=Counter(
                 "bwp_live_quantile_scored",
                 "Scored quantile forecasts (decisions schema v2, h = 1), by profile and horizon; coverage = "
@@ -150,7 +160,8 @@ class WorkerMetrics:
             ),
             drift_detections=Counter(
                 "bwp_drift_detections",
-                "Page-Hinkley drift detections on the model's relative error minus last-value's, by profile.",
+                "Page-Hinkley drift detections on the model's relative error minus last-value's (for quantile "
+                "decisions: relative pinball loss minus the naive forecaster's), by profile.",
                 ["profile"], registry=r,
             ),
             gc_pause_seconds=Histogram(

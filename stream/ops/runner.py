@@ -55,9 +55,10 @@ def run_worker(
     metrics.serve(port)
     w = KafkaWorker(settings, predictor, metrics)
 
-    attach_live_accuracy(w.core, settings, metrics)
+    scorer = attach_live_accuracy(w.core, settings, metrics)  # registers the model served now
     if model_version is None and not predictor_factory:  # --model-version pins: no hot reload
-        attach_reloader(w.app, w.core, settings, metrics, heap=w.heap)
+        # a reloaded model's metadata (the live pinball's naive widening) reaches the scorer before it serves
+        attach_reloader(w.app, w.core, settings, metrics, heap=w.heap, on_swap=[scorer.register])
     print(
         f"bwp worker: group {settings.consumer_group}, {settings.telemetry_topic} -> {settings.decisions_topic}, "
         f"model {predictor.version}" + (f", metrics on :{port}/metrics" if port else ""),

@@ -202,6 +202,11 @@ def test_retrain_quick_end_to_end(tmp_path, trained_model_dir):
         m = rep[who]["metrics"]
         assert m["n"] > 0 and set(m["predictors"]) >= {"lstm", "last_value", "ewma"}
     assert rep["candidate"]["metrics"]["n"] == rep["current"]["metrics"]["n"]  # same holdout for both
+    for who in ("candidate", "current"):  # the policy reward of the served allocations, in the report
+        pol = rep[who]["metrics"]["policy"]
+        assert pol["decisions"] > 0 and np.isfinite(pol["mean_reward"])
+        assert rep[who]["policy_reward"] == pol["mean_reward"]
+    assert rep["candidate"]["metrics"]["policy"]["decisions"] == rep["current"]["metrics"]["policy"]["decisions"]
     expected = decide(rep["candidate"]["metrics"], rep["current"]["metrics"], 0.02)
     assert rep["decision"] == {"promote": expected.promote, "reason": expected.reason}
     assert registry.current_version(model_dir) == (cand if expected.promote else current)
@@ -209,6 +214,7 @@ def test_retrain_quick_end_to_end(tmp_path, trained_model_dir):
     assert RetrainFlag(model_dir).read() is None  # cleared after the run
     saved = json.loads(Path(rep["report_path"]).read_text())
     assert saved["decision"] == rep["decision"] and saved["data"]["holdout"] == rep["data"]["holdout"]
+    assert saved["candidate"]["policy_reward"] == rep["candidate"]["policy_reward"]
     meta = registry.read_metadata(model_dir, cand)
     assert meta["training_data"]["kind"] == "given"
 
