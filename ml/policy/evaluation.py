@@ -270,19 +270,35 @@ def predictor_policy(
     predictor: Any, profile: str | None = None, layout: str | None = None
 ) -> tuple[Forecaster, PolicyFn]:
     """Forecaster and policy of a loaded ``ml.serving.predictor.Predictor`` (the serving path), with
-    ``profile``'s calibration, fallback and policy choice (None: the all-profiles ones). The forecaster
-    gives what the serving graph feeds an observation of ``layout`` (default: the model's;
-    ``Predictor.policy_forecast``: (N,) or, for the quantiles layout, (N, 3)), so :func:`qnet_policy`
-    on its observations scores the Q-network alone."""
+    ``profile``'s calibration, fallback and policy choice (None: the all-profiles ones), as in the worker.
+
+    The forecaster gives what the serving graph feeds an observation of ``layout`` (default: the
+    model's; ``Predictor.policy_forecast``: (N,) or, for the quantiles layout, (N, 3)), so
+    :func:`qnet_policy` on its observations scores the Q-network alone. :func:`evaluate_series`
+    calls the forecaster on a series' windows, then the policy on their first ``n``: the policy
+    reuses that prediction's actions (same windows, checked) instead of predicting twice.
+    """
+    last: list[Any] = []  # [windows, actions] of the latest forecaster call
+    lay = layout or getattr(predictor, "observation", "point")
 
     def profiles(windows: np.ndarray) -> list[str | None] | None:
         return None if profile is None else [profile] * len(windows)
 
+    def predict(windows: np.ndarray) -> Any:
+        p = profiles(windows)
+        return predictor.predict(windows) if p is None else predictor.predict(windows, p)
+
     def forecaster(windows: np.ndarray) -> np.ndarray:
-        return predictor.policy_forecast(windows, profiles(windows), layout)
+        pred = predict(windows)
+        last[:] = [windows, np.asarray(pred.action)]
+        if lay != "quantiles":
+            return np.asarray(pred.bandwidth_mbps)
+        return predictor.policy_forecast(windows, profiles(windows), lay, pred=pred)
 
     def policy(windows: np.ndarray, obs: np.ndarray) -> np.ndarray:
-        return predictor.predict(windows, profiles(windows)).action
+        if last and len(windows) <= len(last[0]) and np.array_equal(windows, last[0][: len(windows)]):
+            return last[1][: len(windows)]
+        return np.asarray(predict(windows).action)
 
     return forecaster, policy
 

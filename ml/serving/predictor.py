@@ -260,13 +260,19 @@ class Predictor:
         return np.maximum.accumulate(np.stack(cols, axis=1), axis=2)
 
     def policy_forecast(
-        self, windows: np.ndarray, profiles: Sequence[str | None] | None = None, layout: str | None = None
+        self,
+        windows: np.ndarray,
+        profiles: Sequence[str | None] | None = None,
+        layout: str | None = None,
+        pred: Prediction | None = None,
     ) -> np.ndarray:
         """What the serving graph feeds the Q-network's observation of ``layout`` (default: this
         model's), for evaluation code that builds it with :func:`ml.policy.observation.observation`:
         the forecast (N,) for the point layout, the served h = 1 p10, median and p90 (N, 3) Mbit/s
-        for the quantiles layout (ModelError for a point model, which has no quantiles)."""
-        pred = self.predict(windows, profiles)
+        for the quantiles layout (ModelError for a point model, which has no quantiles). ``pred``:
+        this model's prediction of the same windows and profiles, if the caller has it already."""
+        if pred is None:
+            pred = self.predict(windows, profiles)
         if (layout or self.observation) != "quantiles":
             return pred.bandwidth_mbps
         if pred.quantiles is None or self.spec is None:
