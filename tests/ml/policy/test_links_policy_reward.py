@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ml.data import LinkSeries
 from ml.policy.evaluation import links_policy_reward, predictor_policy
 from ml.policy.reward import reward
 from stream.core.records import BW, WINDOW
+from tests.helpers.pipeline import StandInPrediction
 from tests.helpers.policy import synthetic_series
-
-
-@dataclass
-class _Pred:
-    bandwidth_mbps: np.ndarray
-    action: np.ndarray
-    reference_bandwidth_mbps: np.ndarray
 
 
 class ProfilePredictor:
@@ -28,11 +20,11 @@ class ProfilePredictor:
     def __init__(self) -> None:
         self.calls = 0
 
-    def predict(self, windows: np.ndarray, profiles=None) -> _Pred:
+    def predict(self, windows: np.ndarray, profiles=None) -> StandInPrediction:
         self.calls += 1
         n = len(windows)
         act = np.array([7 if p == "datacenter" else 3 for p in (profiles or [None] * n)], dtype=np.int64)
-        return _Pred(windows[:, -1, BW], act, np.maximum(windows[:, :, BW].max(axis=1), 0.0))
+        return StandInPrediction(windows[:, -1, BW], act, np.maximum(windows[:, :, BW].max(axis=1), 0.0))
 
 
 def _by_hand(pred: ProfilePredictor, links: list[LinkSeries]) -> tuple[float, int]:
