@@ -148,7 +148,7 @@ def fit_quantile_forecaster(
     """
     horizons, quantiles = check_grid(horizons, quantiles)
     wt, yt, pt, _ = horizon_windows_of(train, horizons)  # (N, 10, 4), (N, H), (N,)
-    wv, yv, pv, _ = horizon_windows_of(val, horizons)
+    wv, yv, pv, lv = horizon_windows_of(val, horizons)
     if len(yt) == 0 or len(yv) == 0:
         raise DataError(f"need training and validation windows, got {len(yt)} and {len(yv)}")
     pre = Preprocessor(feature_mode).fit(wt, yt[:, 0])
@@ -166,7 +166,7 @@ def fit_quantile_forecaster(
     weights = (level_weights(wt), level_weights(wv)) if weight_by_level else None
     model, hist = train_lstm(pre.transform(wt), zt, pre.transform(wv), zv, lstm_cfg, seed, say, head, weights)
     z_val = make_quantile_model_fn(model, pre, len(horizons))(wv)  # (N, H, Q)
-    spec = fit_spec(wv, yv, pv, z_val, naive)
+    spec = fit_spec(wv, yv, pv, z_val, naive, links=lv, train=(wt, yt, pt))
     say(f"served sources (validation pinball): {spec.sources}")
     return model, pre, spec, hist
 
