@@ -204,7 +204,7 @@ def _training_scores(
     rows = np.isfinite(np.asarray(y, dtype=np.float64)[:, k]) & ((p == group) | (group == ALL_GROUPS))
     if not rows.any():
         return {}
-    z = naive.predict_ratio(w[rows], p[rows])
+    z = naive.predict_ratio(w[rows], np.full(int(rows.sum()), group, dtype=object))  # the group's offsets, as served
     out = {n + RAW: pinball(y[rows, k], from_ratio(w[rows], z[n][:, k]), naive.quantiles) for n in NAIVE}
     return {n: v for n, v in out.items() if np.isfinite(v)}
 
@@ -235,17 +235,15 @@ def fit_spec(
     for g, rows in fit_groups(prof, y):
         spec.shifts[g] = conformal_shifts(zy[rows], z_model[rows], spec.quantiles)
     gidx = group_of(prof, spec.groups())
-    raw = naive.predict_ratio(windows, prof)
-    for g in spec.groups():
-        rows = gidx == g if g != ALL_GROUPS else np.ones(len(prof), bool)
-        spec.naive_shifts[g] = {name: conformal_shifts(zy[rows], raw[name][rows], spec.quantiles) for name in NAIVE}
-    # the naive candidates of each row's spec group, as served (before any shift)
-    raw_g = naive.predict_ratio(windows, gidx)
+    # the naive forecasts with the offsets of each row's spec group, as the serving graph gathers them
+    raw = naive.predict_ratio(windows, gidx)
     fold = folds(links, len(prof))
     for g in spec.groups():
         rows = gidx == g if g != ALL_GROUPS else np.ones(len(prof), bool)
-        cands = {"lstm": z_model[rows], **{n: raw_g[n][rows] for n in NAIVE}} if allow_model else \
-            {n: raw_g[n][rows] for n in NAIVE}  # fmt: skip
+        spec.naive_shifts[g] = {name: conformal_shifts(zy[rows], raw[name][rows], spec.quantiles) for name in NAIVE}
+        cands = {name: raw[name][rows] for name in NAIVE}
+        if allow_model:
+            cands = {"lstm": z_model[rows], **cands}  # first: the model wins a tie
         spec.sources[g], spec.validation[g] = [], {}
         for k, h in enumerate(spec.horizons):
             scores = crossfit_scores(windows[rows], y[rows], zy[rows], cands, fold[rows], spec.quantiles, k)

@@ -167,7 +167,7 @@ def fit_quantile_forecaster(
     model, hist = train_lstm(pre.transform(wt), zt, pre.transform(wv), zv, lstm_cfg, seed, say, head, weights)
     z_val = make_quantile_model_fn(model, pre, len(horizons))(wv)  # (N, H, Q)
     spec = fit_spec(wv, yv, pv, z_val, naive, links=lv, train=(wt, yt, pt))
-    say(f"served sources (validation pinball): {spec.sources}")
+    say(f"served sources (cross-fitted validation pinball): {spec.sources}")
     return model, pre, spec, hist
 
 
