@@ -91,6 +91,20 @@ def make_record(link: int | str, seq: int, profile: str | None = "datacenter") -
     )
 
 
+def grouped_state(link: str, seq: int, bw: float, lat: float = 10.0, loss: float = 0.0, group: str = "g") -> Telemetry:
+    """A state of a link in route group ``group`` (ts_ms = 1000 + seq)."""
+    return Telemetry(link, seq, 1_000 + seq, lat, bw, loss, 1.0, "internet", route_group=group)
+
+
+def route_entries(states: list[Telemetry], now_ms: int) -> list:
+    """Route-store entries as the worker makes them: decisions whose h=1 forecast is the state's bandwidth."""
+    from stream.core.records import Decision
+    from stream.pipeline.routes import entries
+
+    ds = [Decision.make(r.link_id, r.seq, r.ts_ms, r.bandwidth_mbps, 4, 100.0, "v", now_ms) for r in states]
+    return entries(states, ds, now_ms)
+
+
 def fleet(links: int, steps: int, start_seq: int = 0) -> list[Telemetry]:
     """``links`` x ``steps`` states, step-major (every link's seq s before any seq s+1)."""
     return [make_record(k, s) for s in range(start_seq, start_seq + steps) for k in range(links)]

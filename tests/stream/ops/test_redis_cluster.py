@@ -135,8 +135,8 @@ def test_route_store_on_the_cluster_ranks_as_its_twin(cluster, cluster_settings)
     equal to the in-memory twin's (per step; across slots the groups come back per call)."""
     from redis.crc import key_slot
 
-    from stream.core.records import Decision, Telemetry
-    from stream.pipeline.routes import MemoryRouteStore, RouteStore, entries
+    from stream.pipeline.routes import MemoryRouteStore, RouteStore
+    from tests.helpers.pipeline import grouped_state, route_entries
 
     rng = random.Random(11)
     groups = [f"grp{i}" for i in range(8)]
@@ -151,9 +151,8 @@ def test_route_store_on_the_cluster_ranks_as_its_twin(cluster, cluster_settings)
             lk = rng.choice(links[g])
             seqs[lk] += rng.random() < 0.8
             bw = float(rng.choice([5, 10, 20, 40]))
-            states.append(Telemetry(lk, seqs[lk], 1_000 + seqs[lk], 2.0, bw, 0.1, 1.0, "internet", route_group=g))
-        ds = [Decision.make(r.link_id, r.seq, r.ts_ms, r.bandwidth_mbps, 4, 100.0, "v", now) for r in states]
-        steps.append((entries(states, ds, now), now))
+            states.append(grouped_state(lk, seqs[lk], bw, lat=2.0, loss=0.1, group=g))
+        steps.append((route_entries(states, now), now))
 
     async def run(store) -> list[list[dict]]:
         out = []

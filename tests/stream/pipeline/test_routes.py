@@ -8,23 +8,14 @@ import random
 
 import pytest
 
-from stream.core.records import Decision, Telemetry
+from stream.core.records import Telemetry
 from stream.core.routes import RouteRanking
-from stream.pipeline.routes import MemoryRouteStore, RouteStore, entries
+from stream.pipeline.routes import MemoryRouteStore, RouteStore
+from tests.helpers.pipeline import grouped_state, route_entries
 
 pytestmark = pytest.mark.integration
 
 STALE_S, INTERVAL_S = 30.0, 5.0
-
-
-def _state(link: str, seq: int, bw: float, lat: float = 10.0, loss: float = 0.0, group: str = "g") -> Telemetry:
-    return Telemetry(link, seq, 1_000 + seq, lat, bw, loss, 1.0, "internet", route_group=group)
-
-
-def _batch(states: list[Telemetry], now_ms: int):
-    """Entries as the worker makes them: decisions whose h=1 forecast is the state's bandwidth."""
-    ds = [Decision.make(r.link_id, r.seq, r.ts_ms, r.bandwidth_mbps, 4, 100.0, "v", now_ms) for r in states]
-    return entries(states, ds, now_ms)
 
 
 def _order(rk: RouteRanking) -> list[str]:
@@ -44,16 +35,25 @@ async def _redis(url: str, fn):
 async def _scenario(store) -> list[list[tuple[str, str, list[str]]]]:
     """The behaviours, step by step; each step's published (group, reason, order)."""
     steps = [
-        (_batch([_state("a", 1, 10.0), _state("b", 1, 20.0)], 0), 0),  # first ranking: b, a
-        (_batch([_state("a", 1, 10.0), _state("b", 1, 20.0)], 100), 100),  # duplicates: nothing
-        (_batch([_state("a", 2, 10.0)], 200), 200),  # same order, interval not passed: nothing
-        (_batch([_state("a", 3, 30.0)], 300), 300),  # a overtakes b: at once
-        (_batch([_state("a", 2, 99.0)], 400), 400),  # an older (redelivered) seq: ignored, nothing
-        (_batch([_state("a", 4, 30.0)], 6_000), 6_000),  # same order, interval passed: again
-        (_batch([_state("a", 5, 31.0, group="h"), _state("c", 1, 5.0, group="h")], 6_100), 6_100),  # another group
-        (_batch([_state("a", 6, 30.0)], 40_000), 40_000),  # b silent for 40 s > stale: dropped
-        (_batch([_state("b", 2, 50.0), _state("b", 3, 1.0)], 40_100), 40_100),  # b back; its latest (3) counts
-        (_batch([_state("d", 1, 30.0, lat=5.0)], 40_200), 40_200),  # same score as a, lower latency: before a
+        (route_entries([grouped_state("a", 1, 10.0), grouped_state("b", 1, 20.0)], 0), 0),  # first ranking: b, a
+        (route_entries([grouped_state("a", 1, 10.0), grouped_state("b", 1, 20.0)], 100), 100),  # duplicates: nothing
+        (route_entries([grouped_state("a", 2, 10.0)], 200), 200),  # same order, interval not passed: nothing
+        (route_entries([grouped_state("a", 3, 30.0)], 300), 300),  # a overtakes b: at once
+        (route_entries([grouped_state("a", 2, 99.0)], 400), 400),  # an older (redelivered) seq: ignored, nothing
+        (route_entries([grouped_state("a", 4, 30.0)], 6_000), 6_000),  # same order, interval passed: again
+        (
+            route_entries([grouped_state("a", 5, 31.0, group="h"), grouped_state("c", 1, 5.0, group="h")], 6_100),
+            6_100,
+        ),  # another group
+        (route_entries([grouped_state("a", 6, 30.0)], 40_000), 40_000),  # b silent for 40 s > stale: dropped
+        (
+            route_entries([grouped_state("b", 2, 50.0), grouped_state("b", 3, 1.0)], 40_100),
+            40_100,
+        ),  # b back; its latest (3) counts
+        (
+            route_entries([grouped_state("d", 1, 30.0, lat=5.0)], 40_200),
+            40_200,
+        ),  # same score as a, lower latency: before a
     ]
     out = []
     for batch, now in steps:
@@ -94,7 +94,7 @@ def test_redis_store_behaviour_and_ttl(bwp_settings):
 
 def test_ranking_carries_the_members_state_and_forecast(bwp_settings):
     async def go(store: RouteStore, _client):
-        return await store.update(_batch([_state("a", 7, 40.0, lat=3.0, loss=0.25)], 10_000), 10_000)
+        return await store.update(route_entries([grouped_state("a", 7, 40.0, lat=3.0, loss=0.25)], 10_000), 10_000)
 
     (rk,) = asyncio.run(_redis(bwp_settings.redis_url, go))
     (m,) = rk.members
@@ -119,8 +119,8 @@ def test_redis_and_memory_agree_on_random_streams(bwp_settings):
                 seqs[lk] += 1
             seq = max(0, seqs[lk] - rng.choice([0, 0, 0, 1]))  # some duplicates / older seqs
             grp = "g1" if links.index(lk) < 4 else "g2"
-            states.append(_state(lk, seq, float(rng.choice([5, 10, 20])), rng.choice([1.0, 2.0]), 0.1, grp))
-        batches.append((_batch(states, now), now))
+            states.append(grouped_state(lk, seq, float(rng.choice([5, 10, 20])), rng.choice([1.0, 2.0]), 0.1, grp))
+        batches.append((route_entries(states, now), now))
 
     async def run_all(store):
         return [[r.to_dict() for r in await store.update(b, t)] for b, t in batches]
@@ -175,5 +175,5 @@ def test_a_core_without_route_store_ignores_groups():
     from tests.helpers.pipeline import LastValuePredictor
 
     core = PipelineCore(MemoryWindowStore(), LastValuePredictor())
-    out = asyncio.run(core.process([InRecord(_state("a", s, 5.0).to_bytes()) for s in range(12)]))
+    out = asyncio.run(core.process([InRecord(grouped_state("a", s, 5.0).to_bytes()) for s in range(12)]))
     assert len(out.decisions) == 3 and out.rankings == []
