@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.cli import bench as bench_cmds
+from stream.cli import compat as compat_cmds
 from stream.cli import compression as compression_cmds
 from stream.cli import lifecycle as lifecycle_cmds
 from stream.cli import models as models_cmds
@@ -35,6 +36,7 @@ COMMAND_GROUPS = (
     policy_cmds,
     lifecycle_cmds,
     bench_cmds,
+    compat_cmds,
 )
 
 

@@ -104,3 +104,33 @@ def resolve(path: str) -> Any:
 def source_sha256(obj: Any) -> str:
     """sha256 (hex) of the source text of a function, method or class."""
     return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
+
+
+#: A half-open release range ``(lowest, first untested)``.
+Range = tuple[Release, Release]
+
+
+def reviewed_fingerprints(reviewed: dict[Range, dict[str, str]], version: str | None) -> dict[str, str] | None:
+    """The fingerprints recorded for the reviewed range that holds ``version`` (a compat module's
+    ``UPSTREAM_SHA256``: range -> upstream path -> sha256); None when no range holds it."""
+    for rng, shas in reviewed.items():
+        if is_tested(version, rng):
+            return shas
+    return None
+
+
+def newest_fingerprints(reviewed: dict[Range, dict[str, str]]) -> tuple[Range, dict[str, str]]:
+    """The reviewed range with the highest releases and its fingerprints: what an untested
+    (usually newer) release is compared against."""
+    rng = max(reviewed, key=lambda r: r[1])
+    return rng, reviewed[rng]
+
+
+def covering_range(reviewed: dict[Range, dict[str, str]]) -> Range:
+    """The one range the reviewed ranges tile without gap or overlap (a compat module's ``TESTED``);
+    :class:`ValueError` when they leave a gap or overlap."""
+    ranges = sorted(reviewed)
+    for (_, below), (low, _) in zip(ranges, ranges[1:]):
+        if below != low:
+            raise ValueError(f"reviewed release ranges must touch end to start, got {ranges}")
+    return ranges[0][0], ranges[-1][1]

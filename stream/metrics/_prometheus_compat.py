@@ -30,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from stream.core.compat import (
+    Range,
     Release,
     installed_version,
     is_tested,
+    newest_fingerprints,
     resolve,
     source_sha256,
     untested_message,
@@ -47,11 +49,13 @@ TESTED: tuple[Release, Release] = ((0, 20), (0, 27))
 
 #: sha256 of the upstream source that creates (``_metric_init``) and updates (``observe``)
 #: the private bucket counters.
-UPSTREAM_SHA256 = {
-    "prometheus_client.metrics:Histogram._metric_init":
-        "61aeac1b768d4786bed708a86af53b14af8c549ed208ad348c96083ce97e38bc",
-    "prometheus_client.metrics:Histogram.observe":
-        "38beca3be1d1595b61a274180f55537000e15133ead54fa07e303a86d9ceca39",
+UPSTREAM_SHA256: dict[Range, dict[str, str]] = {
+    TESTED: {
+        "prometheus_client.metrics:Histogram._metric_init":
+            "61aeac1b768d4786bed708a86af53b14af8c549ed208ad348c96083ce97e38bc",
+        "prometheus_client.metrics:Histogram.observe":
+            "38beca3be1d1595b61a274180f55537000e15133ead54fa07e303a86d9ceca39",
+    },
 }  # fmt: skip
 HISTOGRAM_ATTRS = ("_upper_bounds", "_buckets", "_sum")
 
@@ -104,8 +108,8 @@ def _probe_ok() -> bool:
 
 
 def fingerprints() -> dict[str, str]:
-    """sha256 of the installed upstream source of every key of :data:`UPSTREAM_SHA256`."""
-    return {path: source_sha256(resolve(path)) for path in UPSTREAM_SHA256}
+    """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
+    return {path: source_sha256(resolve(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
 
 
 def observe_many(child: Any, values: Any) -> None:

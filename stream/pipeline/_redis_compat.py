@@ -1,9 +1,8 @@
 """redis-py connection internals the window store relies on, in one place.
 
-Written against redis 8.1.0; the calls below have the same signatures at the upstream
-tags v5.3.0, v6.0.0, v6.4.0, v7.0.0, v7.4.0, v8.0.0 and v8.1.0, so :data:`TESTED` is
-5.3 to 8.x (``pyproject.toml`` allows ``redis>=5.0,<9``: 5.0 to 5.2 run on the public
-fallback below).
+Written against redis 8.1.0 and reviewed again for 8.2.0: :data:`TESTED` is 8.1 to 8.2,
+the releases whose upstream code is fingerprinted below (``pyproject.toml`` allows
+``redis>=5.0,<8.3``; any release outside :data:`TESTED` runs on the public fallback below).
 
 What is used, and why the public API is not enough:
 
@@ -19,11 +18,28 @@ What is used, and why the public API is not enough:
 * ``connection_pool`` / ``nodes_manager`` tell a single-node client (one pool: the raw
   path) from a ``RedisCluster`` (a pipeline that routes by slot), as before.
 
+Review of 8.2.0 (2026-12-08, against 8.1.0): ``get_connection`` is unchanged.
+``release`` now survives a cancellation while it waits for the pool lock (the connection
+goes back to the pool instead of leaking) and moves the event and metrics bookkeeping
+into ``_finish_release``; it still returns the connection to the pool and disconnects
+one marked for reconnect. ``send_packed_command`` writes through a new
+``_send_packed_command`` (``writelines`` + ``drain``, as before, plus a check for a
+closing transport) and turns an OS-level ETIMEDOUT into ``ConnectionError`` instead of
+``TimeoutError``. ``read_response`` does the same for reads, and now always disconnects
+after an unrecoverable parse error; an error reply is still raised as ``ResponseError``
+after the reply was consumed. ``disconnect`` clears the socket before its first await
+and records its metrics on every path. What :func:`send_raw` relies on holds: one packed
+write, one ``read_response`` per command, ``ResponseError`` for an error reply with the
+stream in sync, and a disconnect (ours, or redis-py's own) before the connection goes
+back to the pool after any other failure. Both new exception types are ``RedisError``s,
+which the window store already handles as a failed round trip.
+
 Fallback: :func:`check_version` (called when a :class:`~stream.pipeline.redis_window.WindowStore`
 is built) returns False on an untested release and logs a warning; the store then sends
 every round trip through the public ``client.pipeline(transaction=False)`` path (as it
 does for Redis Cluster): the same replies, more client CPU per record.
-``UPSTREAM_SHA256`` fingerprints the upstream code (tests/stream/pipeline/test_redis_compat.py).
+``UPSTREAM_SHA256`` fingerprints the upstream code per reviewed release range
+(tests/stream/pipeline/test_redis_compat.py; ``bwp compat`` reports what changed).
 """
 
 from __future__ import annotations
@@ -33,9 +49,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from stream.core.compat import (
+    Range,
     Release,
     installed_version,
     is_tested,
+    newest_fingerprints,
     resolve,
     source_sha256,
     untested_message,
@@ -44,22 +62,30 @@ from stream.core.compat import (
 log = logging.getLogger(__name__)
 
 DIST = "redis"
-WRITTEN_FOR = "redis 8.1.0"
+WRITTEN_FOR = "redis 8.1.0, reviewed for 8.2.0"
 #: Releases reviewed and tested for the raw path: [lowest, first untested).
-TESTED: tuple[Release, Release] = ((5, 3), (9,))
-#: The range ``pyproject.toml`` allows: below TESTED's lowest, the public fallback runs.
-SUPPORTED: tuple[Release, Release] = ((5, 0), (9,))
+TESTED: tuple[Release, Release] = ((8, 1), (8, 3))
+#: The range ``pyproject.toml`` allows: outside TESTED, the public fallback runs.
+SUPPORTED: tuple[Release, Release] = ((5, 0), (8, 3))
 
-#: sha256 of the upstream source of each connection-layer call :func:`send_raw` makes.
-UPSTREAM_SHA256 = {
-    "redis.asyncio.connection:ConnectionPool.get_connection":
-        "9773fd0f3df0077887f282a3ff4e84d89542d108951d148f38f34f2c1201b35e",
-    "redis.asyncio.connection:ConnectionPool.release":
-        "e7d317be9fa6b3a128c431835089ce9b27ac9e946c1335f2799b4721b57c76d7",
-    "redis.asyncio.connection:AbstractConnection.send_packed_command":
-        "baaeabd916209157db40455f034a0bac6fb3e2db902271313e0702bcbc678321",
-    "redis.asyncio.connection:AbstractConnection.read_response":
-        "c1b374bc1a30d0b4f987af86e3ce475a1a1288382dc140b39f436d25beebe5d4",
+_CONN = "redis.asyncio.connection:"
+#: Per reviewed release range: sha256 of the upstream source of each connection-layer call
+#: :func:`send_raw` makes.
+UPSTREAM_SHA256: dict[Range, dict[str, str]] = {
+    ((8, 1), (8, 2)): {
+        _CONN + "ConnectionPool.get_connection": "9773fd0f3df0077887f282a3ff4e84d89542d108951d148f38f34f2c1201b35e",
+        _CONN + "ConnectionPool.release": "e7d317be9fa6b3a128c431835089ce9b27ac9e946c1335f2799b4721b57c76d7",
+        _CONN + "AbstractConnection.send_packed_command": "baaeabd916209157db40455f034a0bac6fb3e2db902271313e0702bcbc678321",
+        _CONN + "AbstractConnection.read_response": "c1b374bc1a30d0b4f987af86e3ce475a1a1288382dc140b39f436d25beebe5d4",
+        _CONN + "AbstractConnection.disconnect": "11194f01c2f6d3c2e23f187f73d0bfeea24109a6a5b85a20454ea4abd2c388b9",
+    },
+    ((8, 2), (8, 3)): {
+        _CONN + "ConnectionPool.get_connection": "9773fd0f3df0077887f282a3ff4e84d89542d108951d148f38f34f2c1201b35e",
+        _CONN + "ConnectionPool.release": "da216f4e68c5a3f0564e787dd372731cb1971a55d97ad4375b797f433092cb94",
+        _CONN + "AbstractConnection.send_packed_command": "63b7216a33101c84a2dbab1f84be0f1e7b242ce7289771faa706c4b907f88367",
+        _CONN + "AbstractConnection.read_response": "e11a03fa28e6c9b1f5d1070ab6c2cf62b2823933106c091448f5070a7d7a7001",
+        _CONN + "AbstractConnection.disconnect": "fe6e40c96b1419599dc1598e51136f0d54eb4644a4b75ac8d55900d0dd097fde",
+    },
 }  # fmt: skip
 
 
@@ -78,8 +104,8 @@ def check_version() -> bool:
 
 
 def fingerprints() -> dict[str, str]:
-    """sha256 of the installed upstream source of every key of :data:`UPSTREAM_SHA256`."""
-    return {path: source_sha256(resolve(path)) for path in UPSTREAM_SHA256}
+    """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
+    return {path: source_sha256(resolve(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
 
 
 def is_cluster(client: Any) -> bool:

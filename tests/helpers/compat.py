@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 import tomllib
 from importlib import metadata
+from types import ModuleType
 
 import pytest
 
+from stream.core.compat import covering_range, installed_version, is_tested, reviewed_fingerprints
+from stream.core.errors import ConfigError
 from tests.helpers import REPO
 
 
@@ -44,5 +47,33 @@ def fingerprint_failure(module: str, expected: dict[str, str], found: dict[str, 
     return (
         f"upstream code used by {module} changed (installed version {version}): {changed}. Review the change "
         f"against {module} (copied / wrapped / relied-on code and private attributes), adapt it, then record the "
-        f"new sha256 in its UPSTREAM_SHA256 and, for a new release, widen TESTED and the pyproject.toml bound."
+        f"new sha256 in its UPSTREAM_SHA256 and, for a new release, widen TESTED and the pyproject.toml bound "
+        f"(docs/architecture.md, Taking an upgrade)."
     )
+
+
+def takes_private_path(compat: ModuleType) -> bool:
+    """Whether a compat module's start-up check lets bwp use the library's internals: True, or the
+    version string (faust, aiokafka); False or a :class:`ConfigError` refusal mean it does not."""
+    try:
+        ok = compat.check_version()
+    except ConfigError:
+        return False
+    return ok is True or isinstance(ok, str)
+
+
+def assert_reviewed(compat: ModuleType, module: str) -> None:
+    """A compat module's fingerprint check. Its reviewed ranges tile ``TESTED``. Inside
+    ``TESTED`` the installed upstream code must be the code recorded for the range that holds
+    the version (a mismatch is a failure that says what changed); outside, the module must not
+    use the internals at all (its fallback or refusal), which is not a failure: that release
+    awaits review (``make upgrade-check`` lists what changed)."""
+    assert covering_range(compat.UPSTREAM_SHA256) == compat.TESTED
+    version = installed_version(compat.DIST)
+    if is_tested(version, compat.TESTED):
+        expected = reviewed_fingerprints(compat.UPSTREAM_SHA256, version)
+        assert expected is not None
+        found = compat.fingerprints()
+        assert found == expected, fingerprint_failure(module, expected, found, version)
+    else:
+        assert not takes_private_path(compat), f"{compat.DIST} {version} is outside TESTED but its internals are used"

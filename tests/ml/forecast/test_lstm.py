@@ -183,3 +183,16 @@ def test_window_ending_in_an_outage_can_still_forecast_recovery():
     assert np.isfinite(z) and z < 6  # log((100 + 1) / (0 + 1)) with e = 1 % of the mean (91.0 * 0.01)
     back = pre.inverse_target(np.array([z]), w)  # y_mean 0, y_std 1
     assert back[0] == pytest.approx(100.0, rel=1e-6)
+
+
+def test_masked_pinball_against_hand_computed_values_with_and_without_horizon_scale():
+    from ml.forecast.lstm import masked_pinball
+
+    y = np.array([[1.0, np.nan], [0.0, 2.0]], dtype=np.float32)  # (N = 2, H = 2); NaN: past the end
+    q = np.array([[0.5, 1.0, 2.0, 9.0, 9.0, 9.0], [-1.0, 0.0, 1.0, 1.0, 2.0, 4.0]], dtype=np.float32)
+    # window 0, h 1: d = 0.5, 0, -1 -> 0.1*0.5 + 0 + 0.1*1 = 0.15, over 1 horizon x 3 quantiles
+    # window 1, h 1: d = 1, 0, -1 -> 0.1 + 0 + 0.1 = 0.2; h 10: d = 1, 0, -2 -> 0.1 + 0 + 0.2 = 0.3
+    plain = np.asarray(masked_pinball((0.1, 0.5, 0.9))(y, q))
+    assert np.allclose(plain, [0.15 / 3, (0.2 + 0.3) / 6])
+    scaled = np.asarray(masked_pinball((0.1, 0.5, 0.9), scale=(0.5, 2.0))(y, q))
+    assert np.allclose(scaled, [0.15 / 0.5 / 3, (0.2 / 0.5 + 0.3 / 2.0) / 6])

@@ -45,3 +45,14 @@ def test_require_tested_names_library_versions_and_the_fix(monkeypatch):
 def test_resolve_and_source_sha256():
     obj = compat.resolve("stream.core.compat:spec")
     assert obj is compat.spec and len(compat.source_sha256(obj)) == 64
+
+
+def test_reviewed_ranges_pick_the_fingerprints_of_the_version():
+    table = {((8, 1), (8, 2)): {"f": "a"}, ((8, 2), (8, 3)): {"f": "b"}}
+    assert compat.reviewed_fingerprints(table, "8.1.4") == {"f": "a"}
+    assert compat.reviewed_fingerprints(table, "8.2.0") == {"f": "b"}
+    assert compat.reviewed_fingerprints(table, "8.3.0") is None and compat.reviewed_fingerprints(table, None) is None
+    assert compat.newest_fingerprints(table) == (((8, 2), (8, 3)), {"f": "b"})
+    assert compat.covering_range(table) == ((8, 1), (8, 3))
+    with pytest.raises(ValueError, match="touch"):
+        compat.covering_range({((8, 1), (8, 2)): {}, ((8, 3), (8, 4)): {}})

@@ -9,9 +9,9 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from stream.core.compat import installed_version, spec
+from stream.core.compat import spec
 from stream.metrics import _prometheus_compat as compat
-from tests.helpers.compat import fake_version, fingerprint_failure, pyproject_spec
+from tests.helpers.compat import assert_reviewed, fake_version, pyproject_spec
 
 VALUES = [0.0, 0.005, 0.01, 0.03, 0.2, 61.0, -1.0, math.inf, math.nan, 0.1, 0.1]
 
@@ -44,10 +44,7 @@ def _pair(labels: bool) -> tuple:
 
 
 def test_upstream_code_is_the_reviewed_code():
-    found = compat.fingerprints()
-    assert found == compat.UPSTREAM_SHA256, fingerprint_failure(
-        "stream/metrics/_prometheus_compat.py", compat.UPSTREAM_SHA256, found, installed_version(compat.DIST)
-    )
+    assert_reviewed(compat, "stream/metrics/_prometheus_compat.py")
 
 
 @pytest.mark.parametrize("labels", [False, True])

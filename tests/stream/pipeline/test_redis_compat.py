@@ -10,19 +10,16 @@ import logging
 import numpy as np
 import pytest
 
-from stream.core.compat import installed_version, spec
+from stream.core.compat import spec
 from stream.core.records import WINDOW
 from stream.pipeline import _redis_compat as compat
 from stream.pipeline.redis_window import WindowStore
-from tests.helpers.compat import fake_version, fingerprint_failure, pyproject_spec
+from tests.helpers.compat import assert_reviewed, fake_version, pyproject_spec
 from tests.helpers.pipeline import make_record
 
 
 def test_upstream_code_is_the_reviewed_code():
-    found = compat.fingerprints()
-    assert found == compat.UPSTREAM_SHA256, fingerprint_failure(
-        "stream/pipeline/_redis_compat.py", compat.UPSTREAM_SHA256, found, installed_version(compat.DIST)
-    )
+    assert_reviewed(compat, "stream/pipeline/_redis_compat.py")
 
 
 def test_the_connection_layer_takes_the_calls_send_raw_makes():
@@ -54,7 +51,7 @@ def test_installed_version_is_tested():
     assert WindowStore(object())._raw_tested is True
 
 
-@pytest.mark.parametrize("version", ["9.0.0", "5.2.1", "5.0.0", None])
+@pytest.mark.parametrize("version", ["9.0.0", "8.3.0", "8.0.0", "5.2.1", "5.0.0", None])
 def test_untested_version_falls_back_to_the_pipeline(monkeypatch, caplog, version):
     import redis.asyncio as aioredis
 
