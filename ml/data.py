@@ -51,6 +51,8 @@ class LinkSeries:
     data: np.ndarray  # (T, 4) FEATURES order, oldest first
     source: str = ""
     ts_range_ms: tuple[int, int] | None = None  # first and last ts_ms, when known
+    #: (T, len(STATE)) long-memory state after each step (ml.forecast.context), when computed
+    states: np.ndarray | None = None
 
     @property
     def steps(self) -> int:
@@ -130,9 +132,11 @@ def split_by_time(links: Sequence[LinkSeries], fractions: Sequence[float]) -> li
     out: list[list[LinkSeries]] = [[] for _ in fractions]
     for ls in links:
         cuts = np.round(np.cumsum(fractions)[:-1] * ls.steps).astype(int)
-        for k, part in enumerate(np.split(ls.data, cuts)):
+        # the long-memory states run on from the earlier parts, as a worker's would
+        states = np.split(ls.states, cuts) if ls.states is not None else [None] * len(fractions)
+        for k, (part, st) in enumerate(zip(np.split(ls.data, cuts), states)):
             if part.shape[0] > WINDOW:
-                out[k].append(LinkSeries(ls.link_id, ls.profile, part, source=f"{ls.source}#part{k}"))
+                out[k].append(LinkSeries(ls.link_id, ls.profile, part, source=f"{ls.source}#part{k}", states=st))
     return out
 
 

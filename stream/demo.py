@@ -30,7 +30,7 @@ from stream.ops.harness import (
     ensure_model,
     publish_timed,
 )
-from stream.ops.stack import EmbeddedStack, free_port
+from stream.ops.stack import EmbeddedStack, free_port, free_ports
 
 #: Deliberately invalid records the demo injects (every few seconds) so the dead-letter
 #: path is visible; each is labelled as injected in the view and the summary.
@@ -157,9 +157,10 @@ def _start_stack(settings: Settings, console: Any, run_id: str) -> tuple[Embedde
         console.print(
             f"[yellow]the usual ports are taken: {exc}[/]\n[yellow]starting a private stack on free ports instead.[/]"
         )
+        kafka_port, redis_port = free_ports(2)
         settings = settings.model_copy(update={
             "state_dir": Path(settings.state_dir) / f"demo-{run_id}",
-            "kafka_bootstrap": f"127.0.0.1:{free_port()}", "redis_url": f"redis://127.0.0.1:{free_port()}/0",
+            "kafka_bootstrap": f"127.0.0.1:{kafka_port}", "redis_url": f"redis://127.0.0.1:{redis_port}/0",
         })  # fmt: skip
         stack = EmbeddedStack(settings)
         was_running = False

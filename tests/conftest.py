@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from stream.core.settings import Settings, load_settings
 from stream.kafka.admin import create_topics
-from stream.ops.stack import EmbeddedStack, StackInfo, free_port
+from stream.ops.stack import EmbeddedStack, StackInfo, free_ports
 from tests.helpers import REPO
 
 TRACES = REPO.parent / "shared" / "data" / "traces"
@@ -34,10 +34,11 @@ class RunningStack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> RunningStack:
     """The embedded broker and Redis, started once for the whole session."""
     state = tmp_path_factory.mktemp("bwp-stack")
+    kafka_port, redis_port = free_ports(2)
     base = load_settings(
         state_dir=state,
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
         metrics_port=0,
     )
     es = EmbeddedStack(base)

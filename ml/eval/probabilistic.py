@@ -28,7 +28,7 @@ from ml.data import LinkSeries
 from ml.forecast.calibration import ForecastSpec
 from ml.forecast.naive import NAIVE
 from ml.forecast.quantiles import coverage, from_ratio, pinball, wis
-from ml.forecast.training import horizon_windows_of
+from ml.forecast.training import horizon_states_of, horizon_windows_of
 
 PROB_PREDICTORS: tuple[str, ...] = ("lstm", "served") + NAIVE
 
@@ -39,7 +39,7 @@ def quantile_forecasts(
     """Every predictor's quantile forecasts (N, H, Q) Mbit/s on all windows of ``links``,
     with targets (N, H), profiles (N,), link index (N,) and each row's served sources (H, N)."""
     w, y, prof, idx = horizon_windows_of(links, spec.horizons)  # (N, 10, 4), (N, H)
-    z = model_fn(w)  # (N, H, Q)
+    z = model_fn(w) if spec.context is None else model_fn(w, horizon_states_of(links))  # (N, H, Q)
     served, cands = spec.served_ratio(w, prof, z)
     q = {name: from_ratio(w, c) for name, c in cands.items()}
     q["served"] = from_ratio(w, served)
@@ -72,8 +72,9 @@ def _horizons_block(fc: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
         ok = rows & np.isfinite(fc["y"][:, k])
         out[str(h)] = {
             "n": int(ok.sum()),
-            "predictors": {
-                name: score_quantiles(fc["y"][ok, k], fc["q"][name][ok, k], fc["quantiles"]) for name in PROB_PREDICTORS
+            "predictors": {  # PROB_PREDICTORS first, then any extra (e.g. "ewma@dataset")
+                name: score_quantiles(fc["y"][ok, k], fc["q"][name][ok, k], fc["quantiles"])
+                for name in list(PROB_PREDICTORS) + [n for n in fc["q"] if n not in PROB_PREDICTORS]
             },
         }
     return out
@@ -96,8 +97,9 @@ def prob_report(fc: dict[str, Any]) -> dict[str, Any]:
 
 
 def best_naive(predictors: dict[str, Any], metric: str) -> str | None:
-    """The naive forecaster with the lowest ``metric`` (None when none is finite)."""
-    ok = [k for k in NAIVE if k in predictors and np.isfinite(predictors[k][metric])]
+    """The naive forecaster with the lowest ``metric`` (None when none is finite); a naive one fitted
+    elsewhere (``"ewma@dataset"``: on the scored dataset's own training split) counts too."""
+    ok = [k for k in predictors if k.split("@")[0] in NAIVE and np.isfinite(predictors[k][metric])]
     return min(ok, key=lambda k: predictors[k][metric]) if ok else None
 
 
@@ -121,6 +123,7 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
             "lstm_mae_ratio": ratio_to_naive(p, "mae", "lstm"),
             "lstm_pinball_ratio": ratio_to_naive(p, "pinball", "lstm"),
             "served_coverage": p["served"]["coverage"],
+            "best_naive_pinball": best_naive(p, "pinball"),
         }
     return out
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.forecast.context import ContextScaler
 from ml.forecast.naive import ALL_GROUPS, NAIVE, NaiveQuantiles, fit_groups, group_of
 from ml.forecast.quantiles import from_ratio, pinball, to_ratio
 
@@ -72,6 +73,8 @@ class ForecastSpec:
     sources: dict[str, list[str]] = field(default_factory=dict)  # group -> source per horizon
     #: group -> horizon -> source -> mean pinball (Mbit/s) on validation (the evidence for ``sources``)
     validation: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    #: the model's second input, per-link long-memory context (None: the window alone)
+    context: ContextScaler | None = None
 
     def groups(self) -> list[str]:
         """Groups with their own shifts and sources (``"*"`` first)."""
@@ -132,7 +135,7 @@ class ForecastSpec:
             "naive_shifts": {g: {n: v.tolist() for n, v in d.items()} for g, d in self.naive_shifts.items()},
             "sources": self.sources,
             "validation": self.validation,
-        }
+        } | ({"context": self.context.to_json()} if self.context is not None else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ForecastSpec:
@@ -142,6 +145,7 @@ class ForecastSpec:
         spec.shifts = {g: np.asarray(s, dtype=np.float64).reshape(len(h), len(q)) for g, s in d["shifts"].items()}
         spec.sources = {g: [str(x) for x in s] for g, s in d["sources"].items()}
         spec.validation = d.get("validation", {})
+        spec.context = ContextScaler.from_json(d["context"]) if d.get("context") else None
         spec.naive_shifts = {
             g: {n: np.asarray(v, dtype=np.float64).reshape(len(h), len(q)) for n, v in per.items()}
             for g, per in (d.get("naive_shifts") or {}).items()

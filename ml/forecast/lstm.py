@@ -41,12 +41,16 @@ class LSTMConfig:
         )
 
 
-def build_lstm(seed: int | None = None, quantile_head: QuantileHead | None = None):
+def build_lstm(seed: int | None = None, quantile_head: QuantileHead | None = None, n_context: int = 0):
     """LSTM 128 -> 64 -> 32 with dropout + batch norm, dense 16 -> 8, then the head (uncompiled).
 
     The point head (the design's) is one output, the standardised next-step target. The
     quantile head (``quantile_head``) is ``H x Q`` outputs in the ratio space, flattened
     horizon-major: (N, H * Q).
+
+    ``n_context`` > 0 adds a second input ``context`` (N, n_context): the link's long-memory
+    features (:mod:`ml.forecast.context`), joined after the trunk into the dense 16 layer and
+    again beside the dense 8 output into the head, so the head sees them directly.
     """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
     from keras import layers  # Keras (TensorFlow): seconds to import; only model code needs it
@@ -63,13 +67,19 @@ def build_lstm(seed: int | None = None, quantile_head: QuantileHead | None = Non
     x = layers.LSTM(32, name="lstm_32")(x)
     x = layers.Dropout(0.2)(x)
     x = layers.BatchNormalization()(x)
+    ctx = keras.Input(shape=(n_context,), name="context") if n_context else None
+    if ctx is not None:
+        x = layers.Concatenate(name="trunk_and_context")([x, ctx])  # (N, 32 + C)
     x = layers.Dense(16, activation="relu")(x)
     x = layers.Dropout(0.3)(x)
     x = layers.Dense(8, activation="relu")(x)
+    if ctx is not None:
+        x = layers.Concatenate(name="dense_and_context")([x, ctx])  # (N, 8 + C)
+    inputs = inp if ctx is None else [inp, ctx]
     if quantile_head is None:
         out = layers.Dense(1, name="next_bw")(x)
-        return keras.Model(inp, out, name="bwp_lstm")
-    return keras.Model(inp, quantile_head.build(x), name="bwp_lstm_quantiles")
+        return keras.Model(inputs, out, name="bwp_lstm")
+    return keras.Model(inputs, quantile_head.build(x), name="bwp_lstm_quantiles")
 
 
 @dataclass(frozen=True)
@@ -164,6 +174,7 @@ def train_lstm(
     progress: Progress | None = None,
     quantile_head: QuantileHead | None = None,
     weights: tuple[np.ndarray, np.ndarray] | None = None,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
 ):
     """Fit a fresh LSTM; returns (model, history dict).
 
@@ -171,15 +182,20 @@ def train_lstm(
     standardised inputs, ratio-space targets (N, H) (NaN beyond a series' end), pinball
     loss. ``x_val``/``y_val`` must come from other links (or another seed) than the
     training windows: they drive EarlyStopping and ReduceLROnPlateau. ``weights``: per-window
-    sample weights (training, validation).
+    sample weights (training, validation). ``context``: the standardised context features
+    (training (N, C), validation) of a model with a second input (:func:`build_lstm`).
     """
     import keras  # Keras (TensorFlow): seconds to import; only model code needs it
 
     rng = np.random.default_rng(seed)
     w_train, w_val = weights if weights is not None else (None, None)
-    x_train, y_train, w_train = _subsample(config.max_train_windows, rng, x_train, y_train, w_train)
-    x_val, y_val, w_val = _subsample(config.max_val_windows, rng, x_val, y_val, w_val)
-    model = build_lstm(seed, quantile_head)
+    c_train, c_val = context if context is not None else (None, None)
+    x_train, y_train, w_train, c_train = _subsample(config.max_train_windows, rng, x_train, y_train, w_train, c_train)
+    x_val, y_val, w_val, c_val = _subsample(config.max_val_windows, rng, x_val, y_val, w_val, c_val)
+    n_context = 0 if c_train is None else int(c_train.shape[1])
+    model = build_lstm(seed, quantile_head, n_context)
+    if c_train is not None:  # the two named inputs
+        x_train, x_val = {"window": x_train, "context": c_train}, {"window": x_val, "context": c_val}
     opt = keras.optimizers.Adam(config.learning_rate)
     if quantile_head is None:
         model.compile(optimizer=opt, loss=config.loss, metrics=["mae"])
@@ -205,7 +221,10 @@ def train_lstm(
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=config.lr_patience, min_lr=1e-5),
         _Report(),
     ]
-    say(f"lstm: {len(x_train)} training windows, {len(x_val)} validation windows")
+    say(
+        f"lstm: {len(y_train)} training windows, {len(y_val)} validation windows"
+        + (f", {n_context} context features" if n_context else "")
+    )
     hist = model.fit(
         x_train,
         y_train,
@@ -219,8 +238,8 @@ def train_lstm(
     )
     h = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     h["epochs_run"] = len(h.get("loss", []))
-    h["train_windows"] = int(len(x_train))
-    h["val_windows"] = int(len(x_val))
+    h["train_windows"] = int(len(y_train))
+    h["val_windows"] = int(len(y_val))
     h["seconds"] = round(time.monotonic() - started, 1)
     if h.get("val_loss"):
         h["best_val_loss"] = min(h["val_loss"])

@@ -16,6 +16,7 @@ from ml.data import (
 )
 from ml.forecast.baselines import fit_ewma_alpha
 from ml.forecast.calibration import ForecastSpec, fit_spec
+from ml.forecast.context import CONTEXT_FEATURES, STATE, ContextScaler, check_mode
 from ml.forecast.features import DEFAULT_FEATURE_MODE, Preprocessor
 from ml.forecast.lstm import LSTMConfig, QuantileHead, train_lstm
 from ml.forecast.naive import NaiveQuantiles
@@ -35,21 +36,39 @@ from stream.core.progress import Progress
 from stream.core.records import BW, FEATURES, WINDOW
 
 
-def _forward(model: Any, pre: Preprocessor, chunk: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The model's compiled inference on raw windows (N, 10, 4) Mbit/s, in chunks: (N, outputs) float64."""
+def _forward(
+    model: Any, pre: Preprocessor, chunk: int, context: ContextScaler | None = None
+) -> Callable[..., np.ndarray]:
+    """The model's compiled inference on raw windows (N, 10, 4) Mbit/s (and, for a context model,
+    the links' states (N, len(STATE)) after each window), in chunks: (N, outputs) float64."""
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
 
     n_out = int(model.output_shape[-1])
+    win_spec = tf.TensorSpec([None, WINDOW, len(FEATURES)], tf.float32)
+    if context is None:
 
-    @tf.function(input_signature=[tf.TensorSpec([None, WINDOW, len(FEATURES)], tf.float32)])
-    def fwd(x):
-        return model(x, training=False)
+        @tf.function(input_signature=[win_spec])
+        def fwd(x):
+            return model(x, training=False)
 
-    def run(windows: np.ndarray) -> np.ndarray:
+    else:
+
+        @tf.function(input_signature=[win_spec, tf.TensorSpec([None, len(CONTEXT_FEATURES)], tf.float32)])
+        def fwd_ctx(x, c):
+            return model({"window": x, "context": c}, training=False)
+
+    def run(windows: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
         if len(windows) == 0:
             return np.zeros((0, n_out))
         x = pre.transform(windows)  # (N, 10, 4)
-        return np.concatenate([fwd(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)]).astype(np.float64)
+        if context is None:
+            parts = [fwd(x[i : i + chunk]).numpy() for i in range(0, len(x), chunk)]
+        else:
+            if states is None:
+                raise DataError("this model reads per-link context: pass the links' long-memory states")
+            c = context.transform(windows, states)  # (N, C)
+            parts = [fwd_ctx(x[i : i + chunk], c[i : i + chunk]).numpy() for i in range(0, len(x), chunk)]
+        return np.concatenate(parts).astype(np.float64)
 
     return run
 
@@ -97,15 +116,16 @@ def fit_forecaster(
 
 
 def make_quantile_model_fn(
-    model: Any, pre: Preprocessor, n_horizons: int, chunk: int = 8192
-) -> Callable[[np.ndarray], np.ndarray]:
-    """The quantile model's raw (uncalibrated) forecasts: windows (N, 10, 4) Mbit/s -> (N, H, Q) ratio space."""
-    run = _forward(model, pre, chunk)
+    model: Any, pre: Preprocessor, n_horizons: int, chunk: int = 8192, context: ContextScaler | None = None
+) -> Callable[..., np.ndarray]:
+    """The quantile model's raw (uncalibrated) forecasts: windows (N, 10, 4) Mbit/s [, states
+    (N, len(STATE)) for a context model] -> (N, H, Q) ratio space."""
+    run = _forward(model, pre, chunk, context)
     n_q = int(model.output_shape[-1]) // n_horizons
 
-    def forecast(windows: np.ndarray) -> np.ndarray:
+    def forecast(windows: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
         w = np.asarray(windows, dtype=np.float64)
-        return run(w).reshape(len(w), n_horizons, n_q)
+        return run(w, states).reshape(len(w), n_horizons, n_q)
 
     return forecast
 
@@ -140,9 +160,13 @@ def fit_quantile_forecaster(
     feature_mode: str = DEFAULT_FEATURE_MODE,
     say: Progress = lambda s: None,
     weight_by_level: bool = False,
+    context: str = "none",
 ) -> tuple[Any, Preprocessor, ForecastSpec, dict]:
     """Fit preprocessing, the naive probabilistic forecasters and the quantile LSTM on
     ``train``; calibrate it and choose the served source per profile and horizon on ``val``.
+    ``context="long"`` gives the LSTM the links' long-memory features as a second input
+    (the links need ``states``; :func:`ml.forecast.context.series_states`); the spec then
+    carries the fitted :class:`~ml.forecast.context.ContextScaler`.
 
     Returns (keras model, preprocessor, forecast spec, LSTM history).
     """
@@ -164,9 +188,15 @@ def fit_quantile_forecaster(
     )
     say(f"quantile head: horizons {list(horizons)}, quantiles {list(quantiles)}; EWMA alphas {naive.alphas}")
     weights = (level_weights(wt), level_weights(wv)) if weight_by_level else None
-    model, hist = train_lstm(pre.transform(wt), zt, pre.transform(wv), zv, lstm_cfg, seed, say, head, weights)
-    z_val = make_quantile_model_fn(model, pre, len(horizons))(wv)  # (N, H, Q)
+    scaler, st, sv, ctx = None, None, None, None
+    if check_mode(context) != "none":
+        st, sv = horizon_states_of(train), horizon_states_of(val)  # (N, len(STATE)), aligned with the windows
+        scaler = ContextScaler.fit(context, wt, st)
+        ctx = (scaler.transform(wt, st), scaler.transform(wv, sv))
+    model, hist = train_lstm(pre.transform(wt), zt, pre.transform(wv), zv, lstm_cfg, seed, say, head, weights, ctx)
+    z_val = make_quantile_model_fn(model, pre, len(horizons), context=scaler)(wv, sv)  # (N, H, Q)
     spec = fit_spec(wv, yv, pv, z_val, naive, links=lv, train=(wt, yt, pt))
+    spec.context = scaler
     say(f"served sources (cross-fitted validation pinball): {spec.sources}")
     return model, pre, spec, hist
 
@@ -206,6 +236,18 @@ def served_functions(
         return from_ratio(windows, np.stack([lo, z[:, mid], hi], axis=1))
 
     return forecast, quantile_fn, policy_forecast
+
+
+def horizon_states_of(links: Sequence[LinkSeries]) -> np.ndarray:
+    """The long-memory state after the last step of every window of :func:`horizon_windows_of`,
+    in the same order: (N, len(STATE)); every link needs ``states``."""
+    out = []
+    for ls in links:
+        if ls.steps > WINDOW:
+            if ls.states is None or len(ls.states) != ls.steps:
+                raise DataError(f"link {ls.link_id} has no long-memory states (ml.forecast.context.series_states)")
+            out.append(ls.states[WINDOW - 1 : ls.steps - 1])  # window i ends on row i + WINDOW - 1
+    return np.concatenate(out) if out else np.zeros((0, len(STATE)))
 
 
 def horizon_windows_of(

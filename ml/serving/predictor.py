@@ -106,6 +106,12 @@ class Predictor:
         self.spec: ForecastSpec | None = None
         if self.head == "quantile":
             self.spec = ForecastSpec.from_json(self.metadata["forecast"])
+            if self.spec.context is not None:  # a clear refusal, not a shape error inside the graph
+                raise ModelError(
+                    f"model {self.version} reads per-link long-memory context (forecast.context, mode "
+                    f"{self.spec.context.mode!r}); the serving graph takes windows only so far: serve a "
+                    "version trained with the default context 'none'"
+                )
             pol = self.metadata.get("policy", {})
             rule = pol.get("ewma_rule") or {"alpha": 0.5, "k": 0.8}
             serve = quantile_serving_function(

@@ -18,7 +18,8 @@ from ml.data import (
     trace_links,
 )
 from ml.eval.forecast import evaluate_links, mae_ratio, print_report
-from ml.eval.traces import evaluate_traces, format_traces
+from ml.eval.traces import EVAL_MODES, evaluate_traces, format_traces
+from ml.forecast.context import CONTEXT_MODES
 from ml.forecast.features import DEFAULT_FEATURE_MODE, MODES
 from ml.forecast.quantiles import HORIZONS, QUANTILES
 from ml.serving.registry import (
@@ -131,7 +132,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
 def _register_evaluate_traces(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "evaluate-traces",
-        help="per real-trace dataset: train the LSTM on 70%% of the traces, test on the other 30%%",
+        help="per real-trace dataset: score the LSTM on 30%% of the traces held out, trained per dataset, "
+        "pooled or leave-one-out",
         description="For each dataset, split whole traces 70/30 with a fixed seed (esnet-backbone-2018: "
         "every series by time, 60/10/30), fit preprocessing, the naive forecasters and an LSTM on the "
         "training part (15%% of those traces for early stopping, calibration and the fallback choice), "
@@ -151,9 +153,25 @@ def _register_evaluate_traces(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
     t.add_argument("--traces-root", type=Path, default=None, help="traces directory (default ../shared/data/traces)")
     t.add_argument(
-        "--pooled",
-        action="store_true",
-        help="also train one LSTM on all datasets' training traces and score it on each test split",
+        "--mode",
+        choices=EVAL_MODES,
+        default="per-dataset",
+        help="how the model scored on each dataset is trained: per-dataset (its own training split, default), "
+        "pooled (one model on the training splits of all datasets, as one fleet deployment runs it), "
+        "leave-one-out (per dataset, a model on the other datasets only: links of a kind it never saw)",
+    )
+    t.add_argument(
+        "--context",
+        choices=CONTEXT_MODES,
+        default="none",
+        help="the LSTM's second input: none (the 10-step window only, default) or long (per-link long-memory "
+        "EWMAs and volatility, ml/forecast/context.py)",
+    )
+    t.add_argument(
+        "--lstm-seconds",
+        type=float,
+        default=None,
+        help="time budget of each LSTM (default 60 s per dataset, 120 s for a model on several datasets)",
     )
     t.add_argument("--json", action="store_true", help="print JSON instead of tables")
     t.set_defaults(func=_evaluate_traces)
@@ -231,10 +249,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_traces(args: argparse.Namespace) -> int:
-
     res = evaluate_traces(
-        args.datasets, quick=args.quick, seed=args.seed, root=args.traces_root, pooled=args.pooled, head=args.head
-    )
+        args.datasets, quick=args.quick, seed=args.seed, root=args.traces_root, mode=args.mode, head=args.head,
+        context=args.context, lstm_seconds=args.lstm_seconds,
+    )  # fmt: skip
     if args.json:
         json.dump(res, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -21,7 +21,7 @@ from ml.serving.registry import current_version
 from simulator.pacing import PublishStats, paced_chunks
 from stream.core.errors import ModelError
 from stream.core.settings import Settings
-from stream.ops.stack import free_port
+from stream.ops.stack import free_ports
 
 
 class WorkerSubprocess:
@@ -119,9 +119,10 @@ def remove_or_keep(tmp: Path, ok: bool) -> None:
 
 def private_stack_settings(settings: Settings, state_dir: Path, **extra: Any) -> Settings:
     """``settings`` for a private embedded stack in ``state_dir`` on free local ports (plus ``extra``)."""
+    kafka_port, redis_port = free_ports(2)
     return settings.model_copy(update={
-        "state_dir": state_dir, "kafka_bootstrap": f"127.0.0.1:{free_port()}",
-        "redis_url": f"redis://127.0.0.1:{free_port()}/0", "embedded": "always", **extra,
+        "state_dir": state_dir, "kafka_bootstrap": f"127.0.0.1:{kafka_port}",
+        "redis_url": f"redis://127.0.0.1:{redis_port}/0", "embedded": "always", **extra,
     })  # fmt: skip
 
 

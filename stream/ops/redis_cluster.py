@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from stream.core.errors import StackError
-from stream.ops.stack import HOST, free_port, redis_binary
+from stream.ops.stack import HOST, free_ports, redis_binary
 
 SLOTS = 16384
 
@@ -33,8 +33,8 @@ class LocalRedisCluster:
             raise ValueError(f"expected 1 plain node or at least 1 cluster node, got {nodes} (cluster={cluster})")
         self.cluster = cluster
         self.workdir = workdir
-        self.ports = [free_port() for _ in range(nodes)]
-        self.bus_ports = [free_port() for _ in range(nodes)]  # explicit: the default is port + 10000
+        ports = free_ports(2 * nodes)  # distinct: a bus port equal to another node's port fails its start
+        self.ports, self.bus_ports = ports[:nodes], ports[nodes:]  # explicit bus ports: the default is port + 10000
         self.procs: list[subprocess.Popen] = []
         self._clients: dict[int, redis.Redis] = {}
 

@@ -78,9 +78,21 @@ def port_in_use(port: int, host: str = HOST) -> bool:
 
 def free_port() -> int:
     """A port nobody listens on right now (for tests)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports nobody listens on right now. All sockets stay bound until every port is
+    picked: picked one by one, the kernel may hand a just-released port out again (a Redis Cluster
+    node once got another node's port as its bus port and failed to start)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _pid_alive(pid: int | None) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.ops.stack import free_port, port_in_use
+from stream.ops.stack import free_ports, port_in_use
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def _count(pattern: str, text: str) -> int:
 
 def test_demo_runs_decides_and_stops_what_it_started(trained_model_dir: Path, tmp_path: Path):
     state = tmp_path / "state"
-    kafka_port, redis_port = free_port(), free_port()
+    kafka_port, redis_port = free_ports(2)
     cmd = [sys.executable, "-m", "stream.cli", "demo", "--seconds", "8", "--links", "40",
            "--model-dir", str(trained_model_dir), "--state-dir", str(state),
            "--bootstrap", f"127.0.0.1:{kafka_port}", "--redis-url", f"redis://127.0.0.1:{redis_port}/0"]  # fmt: skip

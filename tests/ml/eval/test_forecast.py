@@ -9,6 +9,7 @@ import pytest
 
 from ml.data import LinkSeries, split_links, windows_of
 from ml.eval.forecast import METRICS, PREDICTORS, forecasts_for_links, mape_floor, report, score
+from stream.core.errors import DataError
 
 
 def test_score_hand_computed():
@@ -131,3 +132,42 @@ def test_evaluate_traces_quick_on_one_dataset(traces_root):
     assert h1["predictors"]["served"]["mae"] == pytest.approx(rep["predictors"]["served"]["mae"])
     assert rep["horizons"]["60"]["n"] < rep["horizons"]["10"]["n"] <= rep["n"]  # long horizons need the future
     assert abs(sum(rep["forecast_sources"]["1"].values()) - 1.0) < 1e-3
+
+
+def test_training_sets_never_train_a_leave_one_out_model_on_its_dataset():
+    from ml.eval.traces import training_sets
+
+    names = ["a", "b", "c"]
+    assert training_sets("per-dataset", names) == {"a": ["a"], "b": ["b"], "c": ["c"]}
+    assert all(v == names for v in training_sets("pooled", names).values())
+    loo = training_sets("leave-one-out", names)
+    for held_out, trained_on in loo.items():
+        assert held_out not in trained_on and sorted(trained_on + [held_out]) == names
+    with pytest.raises(DataError):
+        training_sets("leave-one-out", ["a"])
+    with pytest.raises(DataError):
+        training_sets("fleet", names)
+
+
+@pytest.mark.slow
+@pytest.mark.traces
+@pytest.mark.parametrize("mode", ["pooled", "leave-one-out"])
+def test_evaluate_traces_pooled_and_leave_one_out_tiny(traces_root, mode):
+    from ml.eval.traces import evaluate_traces
+
+    names = ["5gophers-umn", "ucc-5g-irish"]
+    res = evaluate_traces(names, quick=True, seed=0, root=traces_root, progress=lambda s: None, mode=mode,
+                          context="long")  # fmt: skip
+    assert res["mode"] == mode and set(res["datasets"]) == set(names)
+    for name, rep in res["datasets"].items():
+        if mode == "leave-one-out":
+            assert rep["trained_on"] == [n for n in names if n != name]
+            assert res["models"][f"all but {name}"]["trained_on"] == rep["trained_on"]
+        else:
+            assert rep["trained_on"] == names
+        h10 = rep["horizons"]["10"]["predictors"]
+        assert {"served", "lstm", "ewma", "ewma@dataset"} <= set(h10)  # the dataset's own naive fit too
+        s = rep["summary"]["10"]
+        assert s["served_pinball_ratio"] is not None and s["served_pinball_ratio"] > 0
+        assert s["best_naive_pinball"].split("@")[0] in ("last_value", "ewma", "moving_average")
+    assert len(res["models"]) == (1 if mode == "pooled" else 2)

@@ -189,3 +189,22 @@ def test_v1_artefact_loads_and_serves_point_forecasts(tmp_path):
     assert pred.bandwidth_mbps.shape == (7,) and np.all(np.isfinite(pred.bandwidth_mbps))
     assert np.allclose(p.quantile(w[:7], 0.1), pred.bandwidth_mbps)
     assert p.observation == "point" and p.policy_forecast(w[:7]).shape == (7,)
+
+
+def test_a_context_artefact_is_refused_with_a_clear_error(tmp_path):
+    """An artefact whose LSTM reads long-memory context (``bwp evaluate-traces --context long``) is not
+    served by the window-only graph: loading it says so instead of failing on a shape."""
+    import copy
+
+    from ml.forecast.context import STATE, ContextScaler
+    from ml.serving.predictor import Predictor
+    from ml.serving.registry import load_version, save_version
+    from stream.core.errors import ModelError
+
+    w, prof, spec, model_fn, qnet, _, _, pre, lstm = _build("point")
+    spec = copy.deepcopy(spec)
+    spec.context = ContextScaler.fit("long", w[:20], np.abs(np.random.default_rng(0).normal(50, 5, (20, len(STATE)))))
+    meta = {"head": "quantile", "forecast": spec.to_json(), "policy": {"serving": {"*": "ddqn"}}}
+    loaded = load_version(tmp_path, save_version(tmp_path, lstm, qnet, pre, meta))
+    with pytest.raises(ModelError, match="long-memory context"):
+        Predictor(loaded, xla=False)

@@ -90,3 +90,11 @@ def test_cli_stack_up_status_down(tmp_path: Path) -> None:
     finally:
         down = subprocess.run(base + ["down", "--state-dir", str(tmp_path)], capture_output=True, text=True, timeout=30)
     assert "kafka" in down.stdout and "redis" in down.stdout
+
+
+def test_free_ports_are_distinct():
+    from stream.ops.stack import free_ports
+
+    for _ in range(20):
+        ports = free_ports(8)
+        assert len(set(ports)) == 8 and all(p > 0 for p in ports)
