@@ -13,6 +13,9 @@ UV      := $(UV_DIR)/bin/uv
 # What the lock is resolved for: the Python and platform CI runs (hashes cover every wheel).
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
+# In CI (CI=true) a tool that cannot be installed fails the run instead of skipping its tests.
+CI_STRICT = if [ "$${CI:-}" = true ]; then echo "CI=true: failing instead of skipping"; exit 1; fi
+
 .PHONY: install demo test test-fast bench clean lint help prometheus test-go lock upgrade-check
 
 help:  ## list targets
@@ -68,8 +71,8 @@ prometheus:  ## install Prometheus if missing (needs root + apt-get; otherwise a
 	  { apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
 	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; } \
 	  && echo "installed: $$(prometheus --version 2>&1 | head -n 1)" \
-	  || echo "note: apt-get could not install prometheus; tests/stream/ops/test_prometheus_scrape.py will be skipped"; \
-	else echo "note: prometheus is not on PATH and cannot be installed here (needs root and apt-get); tests/stream/ops/test_prometheus_scrape.py will be skipped"; fi
+	  || { echo "note: apt-get could not install prometheus; tests/stream/ops/test_prometheus_scrape.py will be skipped"; $(CI_STRICT); }; \
+	else echo "note: prometheus is not on PATH and cannot be installed here (needs root and apt-get); tests/stream/ops/test_prometheus_scrape.py will be skipped"; $(CI_STRICT); fi
 
 test-fast: install  ## unit tests only
 	$(BIN)/python -m pytest -q -ra -m "not integration and not slow"
@@ -96,6 +99,7 @@ test-go:  ## go vet + go test of clients/go (installs golang-go and sarama via a
 	  fi; fi
 	@if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Shopify/sarama ]; then \
 	  echo "skip test-go: go or sarama sources (/usr/share/gocode) missing; install golang-go golang-github-shopify-sarama-dev (needs root and apt-get)"; \
+	  $(CI_STRICT); \
 	else \
 	  mkdir -p $(GO_PATH)/src/github.com/bwp/clients/go && ln -sfn $(CURDIR)/clients/go $(GO_PATH)/src/$(GO_PKG) && \
 	  cd $(GO_PATH)/src/$(GO_PKG) && $(GO_ENV) go vet . ./cmd/bwp-agent && $(GO_ENV) go test . ./cmd/bwp-agent; \

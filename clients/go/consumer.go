@@ -158,10 +158,10 @@ func (c *Consumer) report(ctx context.Context, err error) {
 }
 
 // handle decodes one message, drops repeats and delivers the rest; false when ctx ended.
+// A message's offset is recorded (Offsets, the resume point) only once it is dealt with:
+// delivered, or dropped as a repeat, or reported as invalid. A message whose delivery was
+// cut short by ctx is not recorded, so resuming from Offsets after Close delivers it.
 func (c *Consumer) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
-	c.mu.Lock()
-	c.offsets[m.Partition] = m.Offset + 1
-	c.mu.Unlock()
 	d, err := DecodeDecision(m.Value)
 	if err != nil {
 		atomic.AddInt64(&c.stats.Invalid, 1)
@@ -170,20 +170,35 @@ func (c *Consumer) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
 			de.Partition, de.Offset = m.Partition, m.Offset
 		}
 		c.report(ctx, err)
-		return ctx.Err() == nil
+		if ctx.Err() != nil {
+			return false
+		}
+		c.markDone(m)
+		return true
 	}
-	if !c.dedupe.Admit(d.LinkID, d.Seq) {
+	if !c.dedupe.isNew(d.LinkID, d.Seq) {
 		atomic.AddInt64(&c.stats.Duplicates, 1)
+		c.markDone(m)
 		return true
 	}
 	d.Partition, d.Offset = m.Partition, m.Offset
 	select {
 	case c.decisions <- d:
+		// one goroutine per partition and a link's decisions on one partition: nothing admitted in between
+		c.dedupe.Admit(d.LinkID, d.Seq)
 		atomic.AddInt64(&c.stats.Delivered, 1)
+		c.markDone(m)
 		return true
 	case <-ctx.Done():
-		return false
+		return false // not delivered: neither recorded as seen nor as consumed
 	}
+}
+
+// markDone records that message m was dealt with: the partition resumes after it.
+func (c *Consumer) markDone(m *sarama.ConsumerMessage) {
+	c.mu.Lock()
+	c.offsets[m.Partition] = m.Offset + 1
+	c.mu.Unlock()
 }
 
 func (c *Consumer) startPartitions(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {

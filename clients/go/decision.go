@@ -282,8 +282,30 @@ func decodeV2(fields map[string]json.RawMessage, p *Prediction) error {
 		return decodeErr("out_of_range",
 			"policy must be ddqn, quantile_rule, ewma_rule, fixed or predict_then_allocate, got %q", p.Policy)
 	}
-	if c := p.Compression; c != nil && c.Codec == "" {
-		return decodeErr("out_of_range", `compression.codec must be a non-empty string such as "zstd" or "none"`)
+	if c := p.Compression; c != nil {
+		return checkCompression(c, fields["compression"])
+	}
+	return nil
+}
+
+// checkCompression applies decisions.v3.schema.json's oneOf: {"codec": "none"} alone, or
+// {"codec": "zstd", "level": 1..19}; no other codec, level or key.
+func checkCompression(c *Compression, raw json.RawMessage) error {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		return decodeErr("wrong_type", "compression must be an object: %v", err)
+	}
+	switch c.Codec {
+	case "none":
+		if len(keys) != 1 {
+			return decodeErr("out_of_range", `compression {"codec": "none"} takes no other key, got %s`, raw)
+		}
+	case "zstd":
+		if c.Level == nil || *c.Level < 1 || *c.Level > 19 || len(keys) != 2 {
+			return decodeErr("out_of_range", `compression {"codec": "zstd"} needs "level" 1..19 and no other key, got %s`, raw)
+		}
+	default:
+		return decodeErr("out_of_range", `compression.codec must be "zstd" or "none", got %q`, c.Codec)
 	}
 	return nil
 }

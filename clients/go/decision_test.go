@@ -59,7 +59,16 @@ func TestDecodeInvalid(t *testing.T) {
 		strings.Replace(v2, `"model_version":"m7"`, `"model_version":null`, 1):          "wrong_type",
 		strings.Replace(v2, `"safe_bandwidth_mbps":9.0`, `"safe_bandwidth_mbps":-1`, 1): "out_of_range",
 		strings.Replace(v2, `"schema_version":2`, `"schema_version":3`, 1):              "missing_field",
-		v3(`{"level":3}`): "out_of_range",
+		v3(`{"level":3}`):                        "out_of_range",
+		v3(`{"codec":"gzip"}`):                   "out_of_range",
+		v3(`{"codec":"gzip","level":3}`):         "out_of_range",
+		v3(`{"codec":"zstd"}`):                   "out_of_range",
+		v3(`{"codec":"zstd","level":0}`):         "out_of_range",
+		v3(`{"codec":"zstd","level":99}`):        "out_of_range",
+		v3(`{"codec":"zstd","level":3,"x":1}`):   "out_of_range",
+		v3(`{"codec":"none","level":3}`):         "out_of_range",
+		v3(`{"codec":"zstd","level":2.5}`):       "wrong_type",
+		v3(`"zstd"`):                             "wrong_type",
 	}
 	for raw, code := range cases {
 		_, err := DecodeDecision([]byte(raw))

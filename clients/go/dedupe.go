@@ -25,6 +25,15 @@ func (d *Deduper) Admit(linkID string, seq int64) bool {
 	return true
 }
 
+// isNew reports whether (linkID, seq) would be admitted, recording nothing (the consumer
+// records a decision only once it is delivered).
+func (d *Deduper) isNew(linkID string, seq int64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	last, ok := d.last[linkID]
+	return !ok || seq > last
+}
+
 // Links returns how many links the Deduper has seen.
 func (d *Deduper) Links() int {
 	d.mu.Lock()
