@@ -1,20 +1,10 @@
-"""Per-link long-memory state and the scale-free context features the forecaster reads from it.
+"""Per-link long-memory context: the state's history along a link, and the scale-free features
+the forecaster reads from it (``bwp evaluate-traces --context long``).
 
-Ten steps of history say little about the next 10-60; a link's longer past does. This is the
-O(1) state a streaming worker can keep per link, updated causally with every new state, and
-its numpy/Python twin for training and evaluation (``bwp evaluate-traces --context long``).
+The state itself (what a worker keeps per link, O(1), updated causally with each new state) is
+defined in :mod:`stream.core.longmem`, shared with the Redis window script and its twin::
 
-State after step ``t`` (bandwidth ``b_t`` >= 0), :data:`STATE` order::
-
-    n      states seen
-    prev   b_t
-    m_s    EWMA of bandwidth with span s (alpha = 2 / (s + 1)), s in SPANS = (10, 60, 360)
-    vol    EWMA (span VOL_SPAN) of squared log-returns r_t = log((b_t + e) / (b_{t-1} + e)),
-           e = 0.01 * m_60 (before the update) + 1e-6, so r is scale-free
-
-The first state sets every ``m_s`` to ``b_0`` and ``vol`` to 0. The update is written as a
-scalar loop in float64 with ``math.log`` (C's ``log``), the same operations in the same order as a
-Lua script would run them, so a server-side twin can agree bit for bit.
+    n, prev, m_10, m_60, m_360 (EWMAs of bandwidth), vol (EWMA of squared log-returns)
 
 Context features of a window (N, 10, 4) whose last row is state ``s`` (:func:`context_features`),
 all scale-free like :mod:`ml.forecast.features`, with the window's ``e``::
@@ -30,47 +20,18 @@ history its context holds) but is no model input: it hurt on time-split data in 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from ml.forecast.features import _eps
+from stream.core.longmem import SPANS, STATE, VOL_SPAN, initial_state, update_state
 from stream.core.records import BW
 
-SPANS: tuple[int, ...] = (10, 60, 360)
-VOL_SPAN = 60
-#: Columns of a state row.
-STATE: tuple[str, ...] = ("n", "prev") + tuple(f"m{s}" for s in SPANS) + ("vol",)
 #: Columns of the context features (model input).
 CONTEXT_FEATURES: tuple[str, ...] = tuple(f"log_m{s}_over_last" for s in SPANS) + ("log_vol",)
 CONTEXT_MODES: tuple[str, ...] = ("none", "long")
 _VOL_FLOOR = 1e-6
-_EPS_SHARE = 0.01
-_EPS_ABS = 1e-6
-
-
-def initial_state() -> list[float]:
-    """The state of a link never seen: nothing counted."""
-    return [0.0] * len(STATE)
-
-
-def update_state(state: list[float], bw: float) -> list[float]:
-    """The state after one more step of bandwidth ``bw`` (negative counts as 0); a new list."""
-    b = bw if bw > 0.0 else 0.0
-    n, prev = state[0], state[1]
-    if n == 0.0:
-        return [1.0, b] + [b] * len(SPANS) + [0.0]
-    out = [n + 1.0, b]
-    m60 = state[2 + SPANS.index(60)]
-    e = _EPS_SHARE * m60 + _EPS_ABS
-    r = math.log((b + e) / (prev + e))
-    for k, s in enumerate(SPANS):
-        a = 2.0 / (s + 1.0)
-        out.append((1.0 - a) * state[2 + k] + a * b)
-    av = 2.0 / (VOL_SPAN + 1.0)
-    out.append((1.0 - av) * state[-1] + av * (r * r))
-    return out
 
 
 def long_memory_states(bw: Sequence[float] | np.ndarray, start: list[float] | None = None) -> np.ndarray:

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from stream.core.longmem import initial_state, update_state
 from stream.core.records import WINDOW, Telemetry
 from stream.pipeline.aci import AciParams, AciState, calibrate_link
 from stream.pipeline.window import KEEP, BatchUpdate, Outcome, Update
@@ -20,7 +21,9 @@ class MemoryWindowStore:
         if keep < WINDOW:
             raise ValueError(f"keep must be >= {WINDOW}, got {keep}")
         self.keep = keep
-        self._entries: dict[str, list[tuple[int, tuple[float, float, float, float]]]] = {}
+        # per link: (seq, features, long-memory state after it), oldest first
+        self._entries: dict[str, list[tuple[int, tuple[float, float, float, float], list[float]]]] = {}
+        self._lm: dict[str, list[float]] = {}
         self._last: dict[str, int] = {}
         self._ack: dict[str, int] = {}
         self._aci: dict[str, AciState] = {}
@@ -39,19 +42,22 @@ class MemoryWindowStore:
                 if s == seq:
                     if i + 1 < WINDOW:  # fewer than WINDOW states up to it
                         return Update(Outcome.DUPLICATE if len(entries) < self.keep else Outcome.STALE)
-                    w = np.array([x for _, x in entries[i + 1 - WINDOW : i + 1]], dtype=np.float64)
-                    return Update(Outcome.REDELIVERED, w)
+                    w = np.array([x for _, x, _ in entries[i + 1 - WINDOW : i + 1]], dtype=np.float64)
+                    return Update(Outcome.REDELIVERED, w, 0, np.array(entries[i][2]))
                 if s < seq:
                     break
             return Update(Outcome.STALE)
-        entries.append((seq, r.features()))
+        lm = update_state(self._lm.get(lid) or initial_state(), r.bandwidth_mbps)
+        self._lm[lid] = lm
+        entries.append((seq, r.features(), lm))
         if len(entries) > self.keep:
             del entries[: len(entries) - self.keep]
         self._last[lid] = seq
         n = len(entries)
         if n < WINDOW:
             return Update(Outcome.FILLING, None, n)
-        return Update(Outcome.FULL, np.array([x for _, x in entries[-WINDOW:]], dtype=np.float64))
+        w = np.array([x for _, x, _ in entries[-WINDOW:]], dtype=np.float64)
+        return Update(Outcome.FULL, w, 0, np.array(lm))
 
     async def update(self, records: Sequence[Telemetry]) -> list[Update]:
         """Apply ``records`` in order (like one round of the update script)."""
@@ -83,7 +89,13 @@ class MemoryWindowStore:
     async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
         """(seqs (n,), features (n, 4)) of a link, oldest first."""
         e = self._entries.get(link_id, [])
-        return np.array([s for s, _ in e], dtype=np.int64), np.array([x for _, x in e], dtype=np.float64).reshape(-1, 4)
+        seqs = np.array([s for s, _, _ in e], dtype=np.int64)
+        return seqs, np.array([x for _, x, _ in e], dtype=np.float64).reshape(-1, 4)
+
+    async def long_memory(self, link_id: str) -> np.ndarray | None:
+        """A link's latest long-memory state (6,), None when it was never seen."""
+        lm = self._lm.get(link_id)
+        return None if lm is None else np.array(lm)
 
     async def meta(self, link_id: str) -> dict[str, int | None]:
         """``{"last": seq | None, "ack": seq | None}`` of a link."""

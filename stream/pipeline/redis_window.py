@@ -5,19 +5,24 @@ its delivered/acknowledged sequence numbers (docs/pipeline.md).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from string import Template
 from typing import Any
 
 import numpy as np
 
-from stream.core.records import FEATURES, WINDOW, Telemetry
+from stream.core.longmem import EPS_ABS, EPS_SHARE, SPANS, STATE, VOL_SPAN
+from stream.core.records import BW, FEATURES, WINDOW, Telemetry
 from stream.pipeline import _redis_compat
 from stream.pipeline.aci import ACI_LUA, AciParams, AciState
 from stream.pipeline.window import (
+    ENTRY_BYTES,
     ENTRY_DTYPE,
     KEEP,
+    OLD_ENTRY_BYTES,
+    SEQ_DIGITS,
     BatchUpdate,
     Update,
-    decode_window,
+    decode_entries,
     pack_entry,
     pad_seq,
 )
@@ -29,14 +34,48 @@ from stream.pipeline.window import (
 # padded), ARGV[3+2i] its packed entry.
 # Returns {codes, filled, windows}: one byte per record each for the Outcome ('0'+code)
 # and the window fill after a FILLING update; the windows of FULL and REDELIVERED
-# records concatenated in record order.
-UPDATE_LUA = """
+# records concatenated in record order, each entry with the link's long-memory state after
+# it (stream.core.longmem: updated here, once per accepted seq, never by a duplicate).
+UPDATE_LUA = Template("""
 local ttl = tonumber(ARGV[1])
 local keep = tonumber(ARGV[2])
 local w = tonumber(ARGV[3])
+local FULL = $full
+local OLD = $old
+local ZERO = string.rep('\\0', FULL - OLD)
 local codes, filled, windows = {}, {}, {}
+-- the long-memory state after one more step of bandwidth b (stream.core.longmem.update_state:
+-- the same operations in the same order, so both give the same doubles)
+local function lm_next(packed, b)
+  if not (b > 0) then b = 0 end  -- as the twin: negative, -0.0 (and NaN) count as 0
+  if not packed then return struct.pack('<dddddd', 1, b, b, b, b, 0) end
+  local n, prev, m10, m60, m360, vol = struct.unpack('<dddddd', packed)
+  if n == 0 then return struct.pack('<dddddd', 1, b, b, b, b, 0) end
+  local e = $eps_share * m60 + $eps_abs
+  local r = math.log((b + e) / (prev + e))
+  local a = 2.0 / ($s1 + 1.0)
+  m10 = (1.0 - a) * m10 + a * b
+  a = 2.0 / ($s2 + 1.0)
+  m60 = (1.0 - a) * m60 + a * b
+  a = 2.0 / ($s3 + 1.0)
+  m360 = (1.0 - a) * m360 + a * b
+  a = 2.0 / ($vs + 1.0)
+  vol = (1.0 - a) * vol + a * (r * r)
+  return struct.pack('<dddddd', n + 1.0, b, m10, m60, m360, vol)
+end
+-- entries i..j of a list, each in the current layout (an entry from before the long-memory
+-- state existed gets the all-zero state)
+local function window_of(entries, i, j)
+  local out = {}
+  for k = i, j do
+    local e = entries[k]
+    if #e ~= FULL then e = string.sub(e, 1, OLD) .. ZERO end
+    out[#out + 1] = e
+  end
+  return table.concat(out)
+end
 local function update(i, wkey, mkey, seq, entry)
-  local meta = redis.call('HMGET', mkey, 'last', 'ack')
+  local meta = redis.call('HMGET', mkey, 'last', 'ack', 'lm')
   local last, ack = meta[1], meta[2]
   if last and seq <= last then
     if ack and seq <= ack then return 0 end
@@ -50,26 +89,27 @@ local function update(i, wkey, mkey, seq, entry)
           if #entries < keep then return 0 end
           return 1
         end
-        windows[#windows + 1] = table.concat(entries, '', i - w + 1, i)
+        windows[#windows + 1] = window_of(entries, i - w + 1, i)
         return 2
       end
       if s < seq then break end
     end
     return 1
   end
-  local n = redis.call('RPUSH', wkey, entry)
+  local lm = lm_next(meta[3], struct.unpack('<d', entry, $bw_at))
+  local n = redis.call('RPUSH', wkey, entry .. lm)
   if n > keep then
     redis.call('LTRIM', wkey, -keep, -1)
     n = keep
   end
-  redis.call('HSET', mkey, 'last', seq)
+  redis.call('HSET', mkey, 'last', seq, 'lm', lm)
   redis.call('EXPIRE', wkey, ttl)
   redis.call('EXPIRE', mkey, ttl)
   if n < w then
     filled[i] = n
     return 3
   end
-  windows[#windows + 1] = table.concat(redis.call('LRANGE', wkey, -w, -1))
+  windows[#windows + 1] = window_of(redis.call('LRANGE', wkey, -w, -1), 1, w)
   return 4
 end
 for i = 1, #KEYS / 2 do
@@ -78,7 +118,12 @@ for i = 1, #KEYS / 2 do
   filled[i] = string.char(filled[i] or 0)
 end
 return {table.concat(codes), table.concat(filled), table.concat(windows)}
-"""
+""").substitute(
+    full=ENTRY_BYTES, old=OLD_ENTRY_BYTES, eps_share=repr(EPS_SHARE), eps_abs=repr(EPS_ABS),
+    s1=f"{SPANS[0]:.1f}", s2=f"{SPANS[1]:.1f}", s3=f"{SPANS[2]:.1f}", vs=f"{VOL_SPAN:.1f}",
+    bw_at=SEQ_DIGITS + 1 + 8 * BW,  # 1-based offset of the bandwidth float64 in an entry
+)  # fmt: skip
+assert SPANS == (10, 60, 360) and len(STATE) == 6, "UPDATE_LUA spells out the spans of stream.core.longmem"
 
 # KEYS[i] meta hash of a link, ARGV[i] its newly acknowledged seq (padded): ack only
 # moves forward.
@@ -209,10 +254,12 @@ class WindowStore:
         replies = await self._run_pipelined("_update_sha", calls)
         parts = []
         for codes, filled, windows in replies:
+            entries = np.frombuffer(windows, dtype=ENTRY_DTYPE)  # (m * WINDOW,)
             parts.append(BatchUpdate(
                 np.frombuffer(codes, dtype=np.int8) - 48,
                 np.frombuffer(filled, dtype=np.uint8),
-                np.frombuffer(windows, dtype=ENTRY_DTYPE)["x"].reshape(-1, WINDOW, len(FEATURES)),
+                entries["x"].reshape(-1, WINDOW, len(FEATURES)),
+                entries["lm"].reshape(-1, WINDOW, len(STATE))[:, -1],  # the state after each window's last step
             ))  # fmt: skip
         if len(runs) > 1 and any(run[0] != runs[i - 1][-1] + 1 for i, run in enumerate(runs) if i):
             return _reorder(parts, runs, len(records))
@@ -273,8 +320,13 @@ class WindowStore:
 
     async def window(self, link_id: str) -> tuple[np.ndarray, np.ndarray]:
         """The stored states of a link: (seqs (n,), features (n, 4)), oldest first (for tests/tools)."""
-        entries = await self.client.lrange(self.window_key(link_id), 0, -1)
-        return decode_window(b"".join(entries))
+        seqs, x, _ = decode_entries(await self.client.lrange(self.window_key(link_id), 0, -1))
+        return seqs, x
+
+    async def long_memory(self, link_id: str) -> np.ndarray | None:
+        """A link's latest long-memory state (6,) (stream.core.longmem), None when none is stored."""
+        raw = await self.client.hget(self.meta_key(link_id), "lm")
+        return np.frombuffer(raw, dtype="<f8").astype(np.float64) if raw else None
 
     async def meta(self, link_id: str) -> dict[str, int | None]:
         """``{"last": seq | None, "ack": seq | None}`` of a link."""
@@ -291,4 +343,6 @@ def _reorder(parts: Sequence[BatchUpdate], runs: Sequence[Sequence[int]], n: int
     # windows: rows follow the records with a window, in call order; re-sort them by position
     has = merged.has_window()
     win_pos = pos[has]
-    return BatchUpdate(merged.outcomes[order], merged.filled[order], merged.windows[np.argsort(win_pos, kind="stable")])
+    by_pos = np.argsort(win_pos, kind="stable")
+    return BatchUpdate(merged.outcomes[order], merged.filled[order], merged.windows[by_pos],
+                       merged.window_states()[by_pos])  # fmt: skip

@@ -5,12 +5,16 @@ Redis Cluster slot and one script may touch them):
 
 * ``{prefix}:{<link_id>}:w`` - a list of the link's last :data:`KEEP` accepted states,
   oldest first. Each entry is :data:`ENTRY_BYTES` bytes: the seq as 20 zero-padded
-  decimal digits, then the four features as little-endian float64 in
-  :data:`stream.records.FEATURES` order. Zero padding makes seq comparison a plain
-  string comparison in Lua (Lua numbers are doubles and lose int64 precision), and the
-  fixed width lets Python decode a whole window with one ``np.frombuffer``.
+  decimal digits, the four features as little-endian float64 in
+  :data:`stream.records.FEATURES` order, then the link's long-memory state after that
+  step (:mod:`stream.core.longmem`, 6 float64, appended by the script). Zero padding makes
+  seq comparison a plain string comparison in Lua (Lua numbers are doubles and lose int64
+  precision), and the fixed width lets Python decode a whole window with one
+  ``np.frombuffer``. An entry written before the long-memory state existed
+  (:data:`OLD_ENTRY_BYTES`) reads as the all-zero state ("nothing known").
 * ``{prefix}:{<link_id>}:m`` - a hash: ``last`` = highest seq accepted into the window,
-  ``ack`` = highest seq whose decision the broker acknowledged.
+  ``ack`` = highest seq whose decision the broker acknowledged, ``lm`` = the long-memory
+  state after ``last`` (packed as in the entries).
 
 Both keys get their TTL refreshed on every accepted state.
 
@@ -30,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.core.longmem import STATE, STATE_STRUCT
 from stream.core.records import FEATURES, WINDOW, Telemetry
 
 log = logging.getLogger(__name__)
@@ -44,9 +49,12 @@ KEEP = WINDOW + 16
 MAX_UNACKED_PER_LINK = KEEP - WINDOW + 1
 SEQ_DIGITS = 20
 _FEATS = struct.Struct("<4d")
-ENTRY_BYTES = SEQ_DIGITS + _FEATS.size
+#: What the worker packs per record (the script appends the long-memory state).
+OLD_ENTRY_BYTES = SEQ_DIGITS + _FEATS.size
+ENTRY_BYTES = OLD_ENTRY_BYTES + STATE_STRUCT.size
+_OLD_DTYPE = np.dtype([("seq", f"S{SEQ_DIGITS}"), ("x", "<f8", (len(FEATURES),))])
 #: numpy view of one stored entry.
-ENTRY_DTYPE = np.dtype([("seq", f"S{SEQ_DIGITS}"), ("x", "<f8", (len(FEATURES),))])
+ENTRY_DTYPE = np.dtype([("seq", f"S{SEQ_DIGITS}"), ("x", "<f8", (len(FEATURES),)), ("lm", "<f8", (len(STATE),))])
 
 
 class Outcome(enum.IntEnum):
@@ -91,9 +99,20 @@ def pack_entry(rec: Telemetry) -> bytes:
     return pad_seq(rec.seq) + _FEATS.pack(rec.latency_ms, rec.bandwidth_mbps, rec.packet_loss, rec.reliability)
 
 
+def full_entry(entry: bytes) -> bytes:
+    """A stored entry in the current layout (an old one gets the all-zero long-memory state)."""
+    return entry if len(entry) == ENTRY_BYTES else entry[:OLD_ENTRY_BYTES] + bytes(STATE_STRUCT.size)
+
+
+def decode_entries(entries: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stored entries (either layout) -> (seqs (n,) int64, features (n, 4), long-memory states (n, 6))."""
+    arr = np.frombuffer(b"".join(full_entry(e) for e in entries), dtype=ENTRY_DTYPE)
+    return arr["seq"].astype(np.int64), arr["x"].astype(np.float64), arr["lm"].astype(np.float64)
+
+
 def decode_window(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """A concatenation of stored entries -> (seqs (n,) int64, features (n, 4) float64)."""
-    arr = np.frombuffer(blob, dtype=ENTRY_DTYPE)
+    """A concatenation of worker-packed entries (:func:`pack_entry`) -> (seqs (n,) int64, features (n, 4))."""
+    arr = np.frombuffer(blob, dtype=_OLD_DTYPE)
     return arr["seq"].astype(np.int64), arr["x"].astype(np.float64)
 
 
@@ -106,6 +125,8 @@ class Update:
     window: np.ndarray | None = None
     #: states in the window after a FILLING update.
     filled: int = 0
+    #: (6,) the link's long-memory state after the record's state (stream.core.longmem), with a window.
+    state: np.ndarray | None = None
 
 
 _HAS_WINDOW = (int(Outcome.FULL), int(Outcome.REDELIVERED))
@@ -121,6 +142,12 @@ class BatchUpdate:
     filled: np.ndarray
     #: (m, WINDOW, 4) float64 windows of the FULL and REDELIVERED records, in record order.
     windows: np.ndarray
+    #: (m, 6) float64 long-memory state after each window's last state (None: all zero, nothing known).
+    states: np.ndarray | None = None
+
+    def window_states(self) -> np.ndarray:
+        """(m, 6) long-memory states of the windows (zeros where none are known)."""
+        return self.states if self.states is not None else np.zeros((len(self.windows), len(STATE)))
 
     def has_window(self) -> np.ndarray:
         """(n,) bool: which records got a window (row i of ``windows`` is the i-th True)."""
@@ -133,11 +160,12 @@ class BatchUpdate:
     def to_updates(self) -> list[Update]:
         """One :class:`Update` per record, in order."""
         out: list[Update] = []
-        wins = iter(self.windows)
+        wins = iter(zip(self.windows, self.window_states()))
         for code, filled in zip(self.outcomes.tolist(), self.filled.tolist()):
             oc = Outcome(code)
             if code in _HAS_WINDOW:
-                out.append(Update(oc, next(wins)))
+                w, st = next(wins)
+                out.append(Update(oc, w, 0, st))
             else:
                 out.append(Update(oc, None, filled if oc is Outcome.FILLING else 0))
         return out
@@ -146,10 +174,14 @@ class BatchUpdate:
     def from_updates(cls, updates: Sequence[Update]) -> BatchUpdate:
         """The batch of a list of per-record updates."""
         wins = [u.window for u in updates if int(u.outcome) in _HAS_WINDOW and u.window is not None]
+        zero = np.zeros(len(STATE))
+        states = [zero if u.state is None else u.state
+                  for u in updates if int(u.outcome) in _HAS_WINDOW and u.window is not None]  # fmt: skip
         return cls(
             np.array([int(u.outcome) for u in updates], dtype=np.int8),
             np.array([u.filled for u in updates], dtype=np.uint8),
             np.stack(wins).astype(np.float64) if wins else np.empty((0, WINDOW, len(FEATURES))),
+            np.stack(states) if states else np.empty((0, len(STATE))),
         )
 
     @classmethod
@@ -161,6 +193,7 @@ class BatchUpdate:
             np.concatenate([p.outcomes for p in parts]) if parts else np.empty(0, np.int8),
             np.concatenate([p.filled for p in parts]) if parts else np.empty(0, np.uint8),
             np.concatenate([p.windows for p in parts]) if parts else np.empty((0, WINDOW, len(FEATURES))),
+            np.concatenate([p.window_states() for p in parts]) if parts else np.empty((0, len(STATE))),
         )
 
 
