@@ -44,7 +44,8 @@ lock: $(UV)  ## re-resolve requirements.lock from pyproject.toml (UPGRADE=1: new
 	@echo "wrote $(LOCK); now: make test, then commit it with the reviewed compat changes"
 
 # Not part of `make test`: the newest allowed releases (UPGRADE_BOUNDS=lift: beyond the upper
-# bounds) in a scratch venv, `bwp compat` and the whole suite there (about 15-20 min).
+# bounds) in a scratch venv, `bwp compat` and the whole suite there (about 15-20 min;
+# UPGRADE_TESTS=compat runs only the compat fingerprint tests).
 upgrade-check: $(UV)  ## newest allowed releases in a scratch venv: what changed upstream, and the suite
 	PYTHON=$(PYTHON) UV=$(CURDIR)/$(UV) tools/upgrade-check.sh
 
