@@ -14,7 +14,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from stream.core.settings import Settings
 from stream.lifecycle.reload import POLL_S, ModelWatcher
 from stream.metrics.serve import ServeMetrics
 from stream.serve.batcher import Batcher, DecisionConfig
-from stream.serve.openapi import ERRORS, PREDICT_DOC
+from stream.serve.openapi import AUTHENTICATED, COMMON, ERRORS, NOT_READY, SECURITY_SCHEMES, predict_doc
 from stream.serve.requests import parse_predict
 
 log = logging.getLogger("bwp.serve")
@@ -44,8 +44,11 @@ def _json(obj: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json")
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return _json({"error": {"code": code, "message": message}}, status)
+def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    r = _json({"error": {"code": code, "message": message}}, status)
+    if headers:
+        r.headers.update(headers)  # e.g. Allow on a 405 (RFC 9110)
+    return r
 
 
 class _Metered:
@@ -173,7 +176,7 @@ def create_app(
     async def _http_error(_request: Request, exc: HTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         m.errors.labels(code).inc()
-        return _error(exc.status_code, code, str(exc.detail))
+        return _error(exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> Response:
@@ -181,11 +184,13 @@ def create_app(
         m.errors.labels("internal").inc()
         return _error(500, "internal", f"{type(exc).__name__}: {exc}")
 
-    @app.get("/v2/health/live", summary="Liveness: 200 while the process serves requests")
+    @app.get("/v2/health/live", summary="Liveness: 200 while the process serves requests", responses=COMMON)
     async def live() -> Response:
         return _json({"status": "live"})
 
-    @app.get("/v2/health/ready", summary="Readiness: 200 once a model is loaded, else 503 not_ready", responses=ERRORS)
+    @app.get(
+        "/v2/health/ready", summary="Readiness: 200 once a model is loaded, else 503 not_ready", responses=NOT_READY
+    )
     async def ready() -> Response:
         p = batcher.predictor
         if p is None:
@@ -193,8 +198,9 @@ def create_app(
         return _json({"status": "ready", "model_version": p.version})
 
     @app.get(
-        "/v1/model", summary="The model answering: version, window, features, horizons, quantiles", responses=ERRORS
-    )
+        "/v1/model", summary="The model answering: version, window, features, horizons, quantiles", responses=ERRORS,
+        openapi_extra=AUTHENTICATED,
+    )  # fmt: skip
     async def model(request: Request) -> Response:
         authorize(request)
         p = batcher.predictor
@@ -202,7 +208,7 @@ def create_app(
             raise ApiError(503, "not_ready", "no model is loaded yet")
         return _json(model_info(p, batcher.config.schema_version))
 
-    @app.post("/v1/predict", **PREDICT_DOC)
+    @app.post("/v1/predict", **predict_doc(settings.serve_max_windows))
     async def predict(request: Request) -> Response:
         authorize(request)
         ctype = request.headers.get("content-type", "")
@@ -219,9 +225,25 @@ def create_app(
         return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(_Metered, metrics=m)
+    _with_security(app)
     return app
 
 
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The document ``GET /openapi.json`` serves (docs/openapi.json holds a copy)."""
     return create_app(settings).openapi()
+
+
+def _with_security(app: FastAPI) -> None:
+    """Declare the bearer scheme in ``components.securitySchemes`` (FastAPI adds it only for its own
+    security dependencies; the token check here is a plain function)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = build()
+            doc.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

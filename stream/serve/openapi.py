@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.core.records import FEATURES, WINDOW
+from stream.core.records import FEATURES, MAX_BANDWIDTH_MBPS, MAX_LATENCY_MS, WINDOW
 
 _NUMBER = {"type": "number"}
+# the limits parse_predict enforces (stream.serve.requests.BOUNDS): a value outside is a 422 out_of_range
 _STATE = {
     "type": "object",
     "required": list(FEATURES),
     "properties": {
-        "latency_ms": {"type": "number", "minimum": 0, "description": "round-trip latency, ms"},
-        "bandwidth_mbps": {"type": "number", "minimum": 0, "description": "measured bandwidth, Mbit/s"},
+        "latency_ms": {"type": "number", "minimum": 0, "maximum": MAX_LATENCY_MS, "description": "round-trip latency, ms"},
+        "bandwidth_mbps": {"type": "number", "minimum": 0, "maximum": MAX_BANDWIDTH_MBPS,
+                           "description": "measured bandwidth, Mbit/s"},
         "packet_loss": {"type": "number", "minimum": 0, "maximum": 1, "description": "loss ratio"},
         "reliability": {"type": "number", "minimum": 0, "maximum": 1, "description": "delivery ratio"},
     },
     "description": "One state of a link; other keys (link_id, seq, ts_ms, ...) are ignored.",
-}
+}  # fmt: skip
 _QUANTILES = {
     "type": "object",
     "required": ["p10", "p50", "p90"],
@@ -71,65 +73,87 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
 
 
+#: The name of the bearer scheme in ``components.securitySchemes``.
+BEARER = "bearer"
+#: The security scheme the document declares (a token is asked for only when BWP_SERVE_TOKEN is set).
+SECURITY_SCHEMES = {
+    BEARER: {"type": "http", "scheme": "bearer", "description": "BWP_SERVE_TOKEN, when the server sets one"}
+}
+#: What the server answers on any route: an unknown path, a method the route does not take, a bug.
+COMMON: dict[int | str, dict[str, Any]] = {
+    405: _error_response("method_not_allowed: the route takes other methods (the Allow header lists them)"),
+    500: _error_response("internal: an unexpected error (a bug); the message names it"),
+}
+#: The readiness route's refusal (it takes no token).
+NOT_READY: dict[int | str, dict[str, Any]] = {503: _error_response("not_ready: no model is loaded yet"), **COMMON}
 #: The refusals every authenticated route can give.
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error_response("unauthorized: BWP_SERVE_TOKEN is set and the bearer token is missing or wrong"),
-    503: _error_response("not_ready: no model is loaded yet"),
+    **NOT_READY,
 }
+#: ``openapi_extra`` of an authenticated route.
+AUTHENTICATED: dict[str, Any] = {"security": [{BEARER: []}]}
 
-#: Keyword arguments of the ``POST /v1/predict`` route: summary, body schema, answers.
-PREDICT_DOC: dict[str, Any] = {
-    "summary": "Forecast and allocation for one or many 10-state windows, exactly as the worker decides them",
-    "openapi_extra": {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["windows"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "windows": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {"type": "array", "minItems": WINDOW, "maxItems": WINDOW, "items": _STATE},
-                                "description": f"windows of {WINDOW} states each, oldest first, raw units",
+
+def predict_doc(max_windows: int) -> dict[str, Any]:
+    """Keyword arguments of the ``POST /v1/predict`` route: summary, body schema (at most
+    ``max_windows`` windows, ``BWP_SERVE_MAX_WINDOWS``), answers."""
+    return {
+        "summary": "Forecast and allocation for one or many 10-state windows, exactly as the worker decides them",
+        "openapi_extra": {
+            **AUTHENTICATED,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["windows"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "windows": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "maxItems": max_windows,
+                                    "items": {"type": "array", "minItems": WINDOW, "maxItems": WINDOW, "items": _STATE},
+                                    "description": f"windows of {WINDOW} states each, oldest first, raw units",
+                                },
+                                "profiles": {
+                                    "type": "array",
+                                    "maxItems": max_windows,
+                                    "items": {"type": ["string", "null"], "enum": ["datacenter", "internet", None]},
+                                    "description": "optional: one link profile (or null) per window",
+                                },
                             },
-                            "profiles": {
-                                "type": "array",
-                                "items": {"type": ["string", "null"], "enum": ["datacenter", "internet", None]},
-                                "description": "optional: one link profile (or null) per window",
-                            },
-                        },
+                        }
                     }
-                }
-            },
-        }
-    },
-    "responses": {
-        200: {
-            "description": "one prediction per window, in order",
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["model_version", "predictions"],
-                        "properties": {
-                            "model_version": {"type": "string"},
-                            "predictions": {"type": "array", "items": _PREDICTION},
-                        },
-                    }
-                }
+                },
             },
         },
-        400: _error_response("invalid_json"),
-        413: _error_response("body_too_large"),
-        415: _error_response("unsupported_media_type"),
-        422: _error_response(
-            "wrong_shape, wrong_type, not_finite, out_of_range, too_many_windows, invalid_profile, unknown_field"
-        ),
-        401: ERRORS[401],
-        503: _error_response("not_ready (no model yet) or predict_failed (the model failed; retry)"),
-    },
-}
+        "responses": {
+            200: {
+                "description": "one prediction per window, in order",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["model_version", "predictions"],
+                            "properties": {
+                                "model_version": {"type": "string"},
+                                "predictions": {"type": "array", "items": _PREDICTION},
+                            },
+                        }
+                    }
+                },
+            },
+            400: _error_response("invalid_json"),
+            413: _error_response("body_too_large"),
+            415: _error_response("unsupported_media_type"),
+            422: _error_response(
+                "wrong_shape, wrong_type, not_finite, out_of_range, too_many_windows, invalid_profile, unknown_field"
+            ),
+            401: ERRORS[401],
+            503: _error_response("not_ready (no model yet) or predict_failed (the model failed; retry)"),
+            **COMMON,
+        },
+    }

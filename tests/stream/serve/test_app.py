@@ -270,3 +270,51 @@ def test_a_pinned_version_serves_though_current_names_another(trained_model_dir,
         assert r.json()["model_version"] == "v-pinned"
         threading.Event().wait(0.3)  # several polls: the pointer is not followed
         assert client.get("/v2/health/ready").json()["model_version"] == "v-pinned"
+
+
+def test_openapi_document_matches_what_the_server_enforces():
+    """The bearer scheme is declared and asked for only on the routes that check a token; the
+    value and size limits parse_predict enforces are in the schema; every route documents the
+    errors the server sends."""
+    from stream.core.records import MAX_BANDWIDTH_MBPS, MAX_LATENCY_MS
+
+    settings = load_settings(serve_max_windows=77)
+    doc = openapi_document(settings)
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "BWP_SERVE_TOKEN, when the server sets one"
+    }  # fmt: skip
+    paths = doc["paths"]
+    for path, method in (("/v1/model", "get"), ("/v1/predict", "post")):
+        op = paths[path][method]
+        assert op["security"] == [{"bearer": []}] and "401" in op["responses"], path
+    for path in ("/v2/health/live", "/v2/health/ready"):
+        op = paths[path]["get"]
+        assert "security" not in op and "401" not in op["responses"], path
+        assert {"405", "500"} <= set(op["responses"]), path
+    assert "503" in paths["/v2/health/ready"]["get"]["responses"]
+    body = paths["/v1/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert body["windows"]["maxItems"] == 77 == body["profiles"]["maxItems"]
+    state = body["windows"]["items"]["items"]["properties"]
+    assert state["bandwidth_mbps"]["maximum"] == MAX_BANDWIDTH_MBPS and state["latency_ms"]["maximum"] == MAX_LATENCY_MS
+    assert {"400", "401", "405", "413", "415", "422", "500", "503"} <= set(paths["/v1/predict"]["post"]["responses"])
+
+
+def test_a_wrong_method_gets_405_with_allow(server):
+    client, _ = server
+    for path, allowed in (("/v1/predict", "POST"), ("/v2/health/ready", "GET"), ("/v1/model", "GET")):
+        r = client.put(path, json={})
+        assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed", path
+        assert allowed in r.headers.get("allow", ""), (path, dict(r.headers))
+
+
+def test_schema_valid_extremes_are_accepted(server):
+    """A request at the documented limits is answered 200 (a schema-valid request was refused with 422
+    when the limits were not in the document)."""
+    from stream.core.records import MAX_BANDWIDTH_MBPS, MAX_LATENCY_MS
+
+    client, _ = server
+    state = {"latency_ms": MAX_LATENCY_MS, "bandwidth_mbps": MAX_BANDWIDTH_MBPS, "packet_loss": 1.0, "reliability": 0.0}
+    r = client.post("/v1/predict", json={"windows": [[state] * WINDOW]})
+    assert r.status_code == 200, r.text
+    over = dict(state, bandwidth_mbps=MAX_BANDWIDTH_MBPS * 1.01)
+    assert client.post("/v1/predict", json={"windows": [[over] * WINDOW]}).status_code == 422
