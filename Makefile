@@ -85,11 +85,15 @@ bench: install  ## benchmarks (JSON)
 clean:  ## remove generated state (keeps .venv)
 	rm -rf .bwp models reports .pytest_cache .hypothesis .upgrade
 
-# Go client (clients/go): Debian's Go 1.19 + sarama 1.22.1, built in GOPATH mode (no module
-# proxy needed) in a throw-away GOPATH whose src/ links to clients/go. Skips without Go.
+# Go client (clients/go): Debian's Go 1.19 + sarama 1.22.1, no module proxy needed. Built and
+# tested twice: in GOPATH mode (a throw-away GOPATH whose src/ links to clients/go, imports from
+# /usr/share/gocode) and in module mode (-mod=vendor, vendor/ assembled from the same sources by
+# clients/go/vendor.sh). Skips without Go, except under CI=true.
 GO_PKG  := github.com/bwp/clients/go/bwp
 GO_PATH := $(CURDIR)/clients/go/.gopath
 GO_ENV  := GO111MODULE=off GOPATH=$(GO_PATH):/usr/share/gocode CGO_CFLAGS=-Wno-deprecated-declarations GOFLAGS=
+# module mode with no module proxy: every import from clients/go/vendor (assembled from the same sources)
+GO_MOD_ENV := GO111MODULE=on GOFLAGS=-mod=vendor GOPROXY=off GOPATH=$(GO_PATH) CGO_CFLAGS=-Wno-deprecated-declarations
 test-go:  ## go vet + go test of clients/go (installs golang-go and sarama via apt-get when root)
 	@if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/Shopify/sarama ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -102,6 +106,10 @@ test-go:  ## go vet + go test of clients/go (installs golang-go and sarama via a
 	  echo "skip test-go: go or sarama sources (/usr/share/gocode) missing; install golang-go golang-github-shopify-sarama-dev (needs root and apt-get)"; \
 	  $(CI_STRICT); \
 	else \
-	  mkdir -p $(GO_PATH)/src/github.com/bwp/clients/go && ln -sfn $(CURDIR)/clients/go $(GO_PATH)/src/$(GO_PKG) && \
-	  cd $(GO_PATH)/src/$(GO_PKG) && $(GO_ENV) go vet . ./cmd/bwp-agent && $(GO_ENV) go test . ./cmd/bwp-agent; \
+	  rm -rf clients/go/vendor && mkdir -p $(GO_PATH)/src/github.com/bwp/clients/go && \
+	  ln -sfn $(CURDIR)/clients/go $(GO_PATH)/src/$(GO_PKG) && \
+	  echo "== test-go: GOPATH mode (Debian's /usr/share/gocode)" && \
+	  (cd $(GO_PATH)/src/$(GO_PKG) && $(GO_ENV) go vet . ./cmd/bwp-agent && $(GO_ENV) go test . ./cmd/bwp-agent) && \
+	  echo "== test-go: module mode, offline, from vendor/ (clients/go/vendor.sh)" && clients/go/vendor.sh && \
+	  (cd clients/go && $(GO_MOD_ENV) go vet ./... && $(GO_MOD_ENV) go test ./...); \
 	fi
