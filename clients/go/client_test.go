@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 )
 
 type predictBody struct {
@@ -123,9 +124,13 @@ func TestAPIErrorsAreTyped(t *testing.T) {
 	if !errors.As(err, &apiErr) || apiErr.Status != 401 || apiErr.Code != "unauthorized" {
 		t.Fatalf("want a 401 unauthorized APIError, got %v", err)
 	}
+	// a window of 4 states is refused before anything is sent
 	_, err = NewClient(srv.URL, "tok").Predict(context.Background(), [][]NetworkState{states(4)}, []string{"internet"})
-	if !errors.As(err, &apiErr) || apiErr.Status != 422 || apiErr.Code != "wrong_shape" {
-		t.Fatalf("want a 422 wrong_shape APIError, got %v", err)
+	if err == nil || errors.As(err, &apiErr) || len(got) != 0 {
+		t.Fatalf("want a client-side error and no request, got %v (%d requests)", err, len(got))
+	}
+	if _, err := NewClient(srv.URL, "tok").Predict(context.Background(), [][]NetworkState{states(10)}, []string{"internet"}); err != nil {
+		t.Fatal(err)
 	}
 	if p := got[0].Profiles; len(p) != 1 || *p[0] != "internet" {
 		t.Fatalf("profiles sent: %v", p)
@@ -133,5 +138,122 @@ func TestAPIErrorsAreTyped(t *testing.T) {
 	_, err = NewClient(srv.URL, "tok").Ready(context.Background())
 	if !errors.As(err, &apiErr) || apiErr.Code != "not_found" {
 		t.Fatalf("want not_found, got %v", err)
+	}
+}
+
+func TestInvalidStatesAreRefusedBeforeSending(t *testing.T) {
+	var got []predictBody
+	srv := server(t, &got)
+	defer srv.Close()
+	c := NewClient(srv.URL, "tok")
+	for _, bad := range []NetworkState{
+		{Latency: math.NaN(), Bandwidth: 1}, {Bandwidth: math.Inf(1)}, {Bandwidth: -1}, {Bandwidth: 1, PacketLoss: 1.5},
+		{Bandwidth: 2e7},
+	} {
+		w := states(10)
+		w[3] = bad
+		if _, err := c.PredictBandwidthContext(context.Background(), w); err == nil {
+			t.Errorf("%+v: no error", bad)
+		}
+		if pct, err := c.DecideAllocationContext(context.Background(), bad); err == nil || pct != 0 {
+			t.Errorf("%+v: allocation %d, err %v", bad, pct, err)
+		}
+	}
+	if len(got) != 0 {
+		t.Fatalf("%d requests sent for invalid states", len(got))
+	}
+}
+
+// flaky answers 503 (with Retry-After when retryAfter is set) for the first `fails` requests.
+func flaky(t *testing.T, fails int, retryAfter string, status int) (*httptest.Server, *int) {
+	var got []predictBody
+	ok := server(t, &got)
+	n := 0
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n++
+		if n <= fails {
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			w.WriteHeader(status)
+			w.Write([]byte(`{"error":{"code":"not_ready","message":"no model yet"}}`))
+			return
+		}
+		ok.Config.Handler.ServeHTTP(w, r)
+	})), &n
+}
+
+func TestRetriesOn503And429HonouringRetryAfter(t *testing.T) {
+	for _, status := range []int{503, 429} {
+		srv, n := flaky(t, 2, "", status)
+		c := NewClient(srv.URL, "tok")
+		c.Retry = Retry{Max: 3, Base: time.Millisecond, Cap: 5 * time.Millisecond}
+		if v, err := c.PredictBandwidthContext(context.Background(), states(10)); err != nil || v != 109 || *n != 3 {
+			t.Fatalf("status %d: %v, %v after %d requests", status, v, err, *n)
+		}
+		srv.Close()
+	}
+	srv, n := flaky(t, 1, "1", 503)
+	defer srv.Close()
+	c := NewClient(srv.URL, "tok")
+	start := time.Now()
+	if _, err := c.PredictBandwidthContext(context.Background(), states(10)); err != nil || *n != 2 {
+		t.Fatalf("%v after %d requests", err, *n)
+	}
+	if waited := time.Since(start); waited < 900*time.Millisecond {
+		t.Fatalf("Retry-After: 1 was not honoured (retried after %v)", waited)
+	}
+}
+
+func TestRetriesStopAtTheContextDeadlineAndTheLimit(t *testing.T) {
+	srv, n := flaky(t, 100, "30", 503)
+	defer srv.Close()
+	c := NewClient(srv.URL, "tok")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := c.PredictBandwidthContext(ctx, states(10))
+	var apiErr *APIError
+	if !errors.As(err, &apiErr) || apiErr.Status != 503 || time.Since(start) > 150*time.Millisecond || *n != 1 {
+		t.Fatalf("want the 503 at once (a 30 s wait outlasts the deadline), got %v after %v, %d requests",
+			err, time.Since(start), *n)
+	}
+	srv2, n2 := flaky(t, 100, "", 503)
+	defer srv2.Close()
+	c2 := NewClient(srv2.URL, "tok")
+	c2.Retry = Retry{Max: 2, Base: time.Millisecond, Cap: time.Millisecond}
+	if _, err := c2.PredictBandwidthContext(context.Background(), states(10)); err == nil || *n2 != 3 {
+		t.Fatalf("want failure after 1 + 2 tries, got %v after %d", err, *n2)
+	}
+	// a 4xx other than 429 is not retried
+	c3 := NewClient(srv2.URL, "wrong")
+	srv3 := server(t, &[]predictBody{})
+	defer srv3.Close()
+	c3.BaseURL = srv3.URL
+	if _, err := c3.PredictBandwidthContext(context.Background(), states(10)); !errors.As(err, &apiErr) || apiErr.Status != 401 {
+		t.Fatalf("want 401, got %v", err)
+	}
+}
+
+func TestContextDeadlineIsTheTimeout(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(300 * time.Millisecond)
+		w.WriteHeader(503)
+	}))
+	defer slow.Close()
+	c := NewClient(slow.URL, "")
+	c.Retry = Retry{}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := c.PredictBandwidthContext(ctx, states(10)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("want the context's deadline, got %v", err)
+	}
+	if time.Since(start) > 250*time.Millisecond {
+		t.Fatalf("the deadline did not cut the call short: %v", time.Since(start))
+	}
+	// and a deadline longer than the old fixed 5 s client timeout is not cut short by the client
+	if c.HTTP.Timeout != 0 {
+		t.Fatalf("NewClient sets an http.Client timeout (%v): it would cut longer context deadlines", c.HTTP.Timeout)
 	}
 }

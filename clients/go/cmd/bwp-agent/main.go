@@ -6,7 +6,7 @@
 //	{"link_id":"lk-1","seq":12,"allocated_bandwidth_mbps":10,"predicted_bandwidth_mbps":10,...}
 //
 // Invalid records and consumer errors go to stderr, one JSON line each; they never stop
-// the agent. With -serve URL -windows FILE it instead calls PredictBandwidth of `bwp
+// the agent. With -serve URL -windows FILE it instead calls PredictBandwidthContext of `bwp
 // serve` for each window in FILE (JSON lines, each an array of 10 states
 // {"latency_ms","bandwidth_mbps","packet_loss","reliability"}) and prints
 // {"window":i,"predicted_bandwidth_mbps":x} per line.
@@ -99,7 +99,8 @@ func main() {
 	}
 }
 
-// predictWindows calls PredictBandwidth (the DWCP interface) for every window of the file.
+// predictWindows calls PredictBandwidthContext (the context form of the DWCP interface's
+// PredictBandwidth, which *Client implements) for every window of the file.
 func predictWindows(ctx context.Context, o options, out *json.Encoder) error {
 	client := bwp.NewClient(o.serve, o.token)
 	if err := waitReady(ctx, client); err != nil {
@@ -110,7 +111,7 @@ func predictWindows(ctx context.Context, o options, out *json.Encoder) error {
 		return err
 	}
 	defer f.Close()
-	var predictor bwp.BandwidthPredictor = client
+	var _ bwp.BandwidthPredictor = client // the design's interface, still implemented
 	r := bufio.NewReader(f)
 	for i := 0; ; i++ {
 		line, err := r.ReadBytes('\n')
@@ -129,8 +130,8 @@ func predictWindows(ctx context.Context, o options, out *json.Encoder) error {
 				seq[j] = bwp.NetworkState{Latency: s.LatencyMs, Bandwidth: s.BandwidthMbps,
 					PacketLoss: s.PacketLoss, Reliability: s.Reliability}
 			}
-			p := predictor.PredictBandwidth(seq)
-			if perr := client.LastError(); perr != nil {
+			p, perr := client.PredictBandwidthContext(ctx, seq) // the error of this call (LastError may be another's)
+			if perr != nil {
 				return fmt.Errorf("window %d: %w", i, perr)
 			}
 			if err := out.Encode(map[string]interface{}{"window": i, "predicted_bandwidth_mbps": p}); err != nil {
