@@ -107,3 +107,37 @@ def test_agent_gets_every_decision_once_and_predicts_like_the_worker(agent, bwp_
     for p, key in zip(preds, chosen, strict=True):
         assert not math.isnan(p["predicted_bandwidth_mbps"]), p
         assert p["predicted_bandwidth_mbps"] == pytest.approx(forecast[key], rel=1e-5), key
+
+
+def test_go_producer_to_worker_to_go_consumer_every_decision_once(agent, bwp_settings, tmp_path):
+    """A DWCP node is also the probe: bwp-agent -publish sends its telemetry (the Go Telemetry type
+    and producer), a real worker decides, bwp-agent consumes every decision exactly once."""
+    settings = bwp_settings
+    records = [make_record(k, s) for s in range(STEPS) for k in range(LINKS)]
+    want = {(r.link_id, s) for r in records for s in range(WINDOW - 1, STEPS)}
+    telemetry = tmp_path / "telemetry.jsonl"
+    telemetry.write_text("".join(r.to_bytes().decode() + "\n" for r in records))
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        out = run_agent(agent, "-publish", str(telemetry), "-brokers", settings.kafka_bootstrap,
+                        "-telemetry-topic", settings.telemetry_topic)  # fmt: skip
+        assert out == [{"published": len(records), "topic": settings.telemetry_topic}]
+        reader = TopicReader(settings, settings.decisions_topic)
+        try:
+            reader.poll_until(lambda m: want <= set(decision_keys(m)) or not worker.alive(), 120)
+            assert worker.alive(), worker.log_tail()
+        finally:
+            reader.close()
+        dlq = TopicReader(settings, settings.dlq_topic)
+        try:
+            assert dlq.drain(quiet_s=1.0) == [], "the worker dead-lettered a record the Go producer validated"
+        finally:
+            dlq.close()
+    finally:
+        worker.stop()
+    got = run_agent(
+        agent, "-brokers", settings.kafka_bootstrap, "-topic", settings.decisions_topic, "-mode", "partition",
+        "-offset", "oldest", "-idle", "3s", "-duration", "90s",
+    )  # fmt: skip
+    keys = [(d["link_id"], d["seq"]) for d in got]
+    assert len(keys) == len(set(keys)) and set(keys) == want

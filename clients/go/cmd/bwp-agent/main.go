@@ -40,6 +40,7 @@ import (
 type options struct {
 	brokers, topic, mode, group, offset string
 	serve, token, windows               string
+	publish, telemetryTopic             string
 	duration, idle, burst               time.Duration
 	max                                 int
 }
@@ -55,12 +56,17 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.serve, "serve", "", "bwp serve base URL, e.g. http://127.0.0.1:8501 (optional)")
 	fs.StringVar(&o.token, "token", os.Getenv("BWP_SERVE_TOKEN"), "bearer token of bwp serve (default $BWP_SERVE_TOKEN)")
 	fs.StringVar(&o.windows, "windows", "", "with -serve: JSON-lines file of 10-state windows to predict, then exit")
+	fs.StringVar(&o.publish, "publish", "", "JSON-lines file of telemetry records (the node's own probe states) to publish, then exit")
+	fs.StringVar(&o.telemetryTopic, "telemetry-topic", "bwp.telemetry", "telemetry topic (-publish)")
 	fs.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until interrupted)")
 	fs.DurationVar(&o.idle, "idle", 0, "stop when no decision came for this long after the first (0: never)")
 	fs.DurationVar(&o.burst, "burst", 100*time.Millisecond, "token bucket burst, as time at the allocated rate")
 	fs.IntVar(&o.max, "max", 0, "stop after applying this many decisions (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.publish != "" && (o.windows != "" || o.serve != "") {
+		return o, errors.New("-publish runs alone (not with -serve / -windows)")
 	}
 	if o.windows != "" && o.serve == "" {
 		return o, errors.New("-windows needs -serve")
@@ -88,15 +94,66 @@ func main() {
 		defer cancel()
 	}
 	out := json.NewEncoder(os.Stdout)
-	if o.windows != "" {
+	switch {
+	case o.windows != "":
 		err = predictWindows(ctx, o, out)
-	} else {
+	case o.publish != "":
+		err = publish(o, out)
+	default:
 		err = consume(ctx, o, out)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bwp-agent:", err)
 		os.Exit(1)
 	}
+}
+
+// publish sends the telemetry records of the file (one JSON object per line, validated like
+// the worker's decoder validates them) to the telemetry topic, keyed by link_id, and prints
+// how many the broker acknowledged.
+func publish(o options, out *json.Encoder) error {
+	f, err := os.Open(o.publish)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	p, err := bwp.NewTelemetryProducer(bwp.ProducerConfig{Brokers: strings.Split(o.brokers, ","), Topic: o.telemetryTopic})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	var batch []bwp.Telemetry
+	sent := 0
+	flush := func() error {
+		if err := p.Send(batch...); err != nil {
+			return err
+		}
+		sent += len(batch)
+		batch = batch[:0]
+		return nil
+	}
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var t bwp.Telemetry
+		if err := json.Unmarshal(sc.Bytes(), &t); err != nil {
+			return fmt.Errorf("%s line %d: expected a telemetry JSON object: %w", o.publish, line, err)
+		}
+		if batch = append(batch, t); len(batch) == 500 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return out.Encode(map[string]interface{}{"published": sent, "topic": o.telemetryTopic})
 }
 
 // predictWindows calls PredictBandwidthContext (the context form of the DWCP interface's
