@@ -54,6 +54,8 @@ class DemoState:
     published: int = 0
     injected: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    #: decisions per serving policy and per h = 1 forecast source (what served, not what was trained)
+    served: dict[str, dict[str, int]] = field(default_factory=lambda: {"policy": {}, "forecast_source": {}})
     rates: deque = field(default_factory=lambda: deque(maxlen=6))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,6 +91,9 @@ class _Reader(threading.Thread):
                         continue
                     d = json.loads(m.value())
                     st.decisions += 1
+                    for key, counts in st.served.items():
+                        v = d.get(key, "-")
+                        counts[v] = counts.get(v, 0) + 1
                     p = self.clock.produced_ms(d["seq"], d["link_id"])
                     if p is not None:
                         st.latencies_ms.append(d["decided_at_ms"] - p)
@@ -97,36 +102,38 @@ class _Reader(threading.Thread):
         self.c.close()
 
 
+def _forecast_cell(d: dict[str, Any]) -> str:
+    """The h = 1 median and its p10-p90 (schema v2+), or the point forecast of a v1 record."""
+    q = (d.get("forecast") or {}).get("1")
+    if not q:
+        return f"{d['predicted_bandwidth_mbps']:,.1f}"
+    return f"{q['p50']:,.1f} ({q['p10']:,.1f}-{q['p90']:,.1f})"
+
+
 def _render(state: DemoState, watched: list[str], profiles: dict[str, str], elapsed: float, total: float, info: str):
     from rich.console import Group  # rich: only the demo draws
     from rich.table import Table  # rich: only the demo draws
     from rich.text import Text  # rich: only the demo draws
 
     t = Table(title=f"bwp demo - latest decision per link ({len(watched)} links of the fleet)", expand=False)
+    # what a DWCP node reads: the h = 1 p10-p90, the safe bandwidth, and what served them
     for col, just in (("link", "left"), ("profile", "left"), ("seq", "right"), ("now Mbit/s", "right"),
-                      ("forecast", "right"), ("alloc", "right"), ("alloc Mbit/s", "right"),
-                      ("model", "left")):  # fmt: skip
+                      ("p50 (p10-p90)", "right"), ("safe", "right"), ("alloc", "right"), ("alloc Mbit/s", "right"),
+                      ("policy", "left"), ("source", "left")):  # fmt: skip
         t.add_column(col, justify=just, no_wrap=True)
     with state.lock:
         for lid in watched:
             d = state.latest.get(lid)
             now = state.bandwidth_now.get(lid)
             if d is None:
-                t.add_row(
-                    lid,
-                    profiles.get(lid, ""),
-                    "-",
-                    f"{now:,.1f}" if now is not None else "-",
-                    "window filling",
-                    "",
-                    "",
-                    "",
-                )
+                row = [lid, profiles.get(lid, ""), "-", f"{now:,.1f}" if now is not None else "-", "window filling"]
+                t.add_row(*row, "", "", "", "", "")
                 continue
             t.add_row(
                 lid, d.get("profile", ""), str(d["seq"]), f"{now:,.1f}" if now is not None else "-",
-                f"{d['predicted_bandwidth_mbps']:,.1f}", f"{d['allocation_pct']}%",
-                f"{d['allocated_bandwidth_mbps']:,.1f}", d["model_version"],
+                _forecast_cell(d), f"{d['safe_bandwidth_mbps']:,.1f}" if "safe_bandwidth_mbps" in d else "-",
+                f"{d['allocation_pct']}%", f"{d['allocated_bandwidth_mbps']:,.1f}",
+                d.get("policy", "ddqn (v1)"), d.get("forecast_source", "lstm (v1)"),
             )  # fmt: skip
         lat = np.array(state.latencies_ms[-5000:], dtype=float)
         pub_rate = dec_rate = 0.0
@@ -368,6 +375,11 @@ def _summary(console: Any, state: DemoState, links: int, m: dict[str, float]) ->
                       "one per state once a link has 10)")  # fmt: skip
         console.print(f"  dead letters {state.dead_letters} (the demo injected {state.injected} bad records on purpose) "
                       f"{state.dlq_reasons}")  # fmt: skip
+        for key, counts in state.served.items():
+            total = sum(counts.values())
+            if total:
+                shares = ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+                console.print(f"  what served ({key}): {shares}")
         if len(lat):
             console.print(f"  produce->decision latency p50 {np.percentile(lat, 50):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms "
                           f"over {len(lat):,} decisions (same machine clock)")  # fmt: skip

@@ -54,12 +54,43 @@ type ConsumerStats struct {
 // Consumer reads typed decisions from the decisions topic. Read both Decisions and
 // Errors (or set OnError) until they close: like sarama, it blocks when they are full.
 // Invalid records and broker errors are reported, never fatal.
-type Consumer struct {
-	decisions chan Decision
-	errs      chan error
-	onError   func(error)
-	dedupe    *Deduper
-	stats     ConsumerStats
+type Consumer struct{ *reader[Decision] }
+
+// RoutesConsumer reads route rankings from the routes topic (bwp.routes), with the same
+// modes, offsets, reporting and delivery guarantees as Consumer. A ranking of a group is
+// delivered only when it is newer (published_at_ms) than the last one delivered for it.
+type RoutesConsumer struct{ *reader[Ranking] }
+
+// codec is what a reader needs of its record type: decode and validate a message value,
+// the record's dedupe key and order (a record is new when its order is above the last
+// delivered for its key), and where it was read.
+type codec[T any] struct {
+	decode func([]byte) (T, error)
+	key    func(*T) (string, int64)
+	at     func(*T, int32, int64)
+}
+
+var decisionCodec = codec[Decision]{
+	decode: DecodeDecision,
+	key:    func(d *Decision) (string, int64) { return d.LinkID, d.Seq },
+	at:     func(d *Decision, p int32, o int64) { d.Partition, d.Offset = p, o },
+}
+
+var rankingCodec = codec[Ranking]{
+	decode: DecodeRanking,
+	key:    func(r *Ranking) (string, int64) { return r.RouteGroup, r.PublishedAtMs },
+	at:     func(r *Ranking, p int32, o int64) { r.Partition, r.Offset = p, o },
+}
+
+// reader is the consumer of one record type: partition or group mode, validation,
+// dedupe, offsets recorded after delivery.
+type reader[T any] struct {
+	codec   codec[T]
+	out     chan T
+	errs    chan error
+	onError func(error)
+	dedupe  *Deduper
+	stats   ConsumerStats
 
 	mu      sync.Mutex
 	offsets map[int32]int64
@@ -69,8 +100,25 @@ type Consumer struct {
 	closer func() error
 }
 
-// NewConsumer connects and starts consuming in the background until ctx ends or Close.
+// NewConsumer connects and starts consuming decisions in the background until ctx ends or Close.
 func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
+	r, err := newReader(ctx, cfg, decisionCodec)
+	if err != nil {
+		return nil, err
+	}
+	return &Consumer{r}, nil
+}
+
+// NewRoutesConsumer connects and starts consuming route rankings (cfg.Topic, e.g. "bwp.routes").
+func NewRoutesConsumer(ctx context.Context, cfg ConsumerConfig) (*RoutesConsumer, error) {
+	r, err := newReader(ctx, cfg, rankingCodec)
+	if err != nil {
+		return nil, err
+	}
+	return &RoutesConsumer{r}, nil
+}
+
+func newReader[T any](ctx context.Context, cfg ConsumerConfig, cd codec[T]) (*reader[T], error) {
 	if len(cfg.Brokers) == 0 || cfg.Topic == "" {
 		return nil, errors.New("bwp consumer: Brokers and Topic are required")
 	}
@@ -86,14 +134,15 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 	}
 	sc.Consumer.Offsets.Initial = cfg.Offset
 	ctx, cancel := context.WithCancel(ctx)
-	c := &Consumer{
-		decisions: make(chan Decision, 256),
-		errs:      make(chan error, 64),
-		onError:   cfg.OnError,
-		dedupe:    NewDeduper(),
-		offsets:   map[int32]int64{},
-		cancel:    cancel,
-		done:      make(chan struct{}),
+	c := &reader[T]{
+		codec:   cd,
+		out:     make(chan T, 256),
+		errs:    make(chan error, 64),
+		onError: cfg.OnError,
+		dedupe:  NewDeduper(),
+		offsets: map[int32]int64{},
+		cancel:  cancel,
+		done:    make(chan struct{}),
 	}
 	var err error
 	switch cfg.Mode {
@@ -112,13 +161,16 @@ func NewConsumer(ctx context.Context, cfg ConsumerConfig) (*Consumer, error) {
 }
 
 // Decisions yields the valid, new decisions; it closes after Close or the context ends.
-func (c *Consumer) Decisions() <-chan Decision { return c.decisions }
+func (c *Consumer) Decisions() <-chan Decision { return c.out }
+
+// Rankings yields the valid, new rankings; it closes after Close or the context ends.
+func (c *RoutesConsumer) Rankings() <-chan Ranking { return c.out }
 
 // Errors yields invalid records (*DecodeError) and consumer errors, unless OnError is set.
-func (c *Consumer) Errors() <-chan error { return c.errs }
+func (c *reader[T]) Errors() <-chan error { return c.errs }
 
 // Stats returns the counters so far.
-func (c *Consumer) Stats() ConsumerStats {
+func (c *reader[T]) Stats() ConsumerStats {
 	return ConsumerStats{
 		Delivered:  atomic.LoadInt64(&c.stats.Delivered),
 		Duplicates: atomic.LoadInt64(&c.stats.Duplicates),
@@ -128,7 +180,7 @@ func (c *Consumer) Stats() ConsumerStats {
 
 // Offsets returns, per partition, the next offset to read (ModePartition: pass it as
 // StartOffsets to resume; ModeGroup: what this member has consumed).
-func (c *Consumer) Offsets() map[int32]int64 {
+func (c *reader[T]) Offsets() map[int32]int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	out := make(map[int32]int64, len(c.offsets))
@@ -140,13 +192,13 @@ func (c *Consumer) Offsets() map[int32]int64 {
 
 // Close stops consuming, closes the sarama client and then the channels. Keep draining
 // Decisions and Errors until it returns (unless OnError is set).
-func (c *Consumer) Close() error {
+func (c *reader[T]) Close() error {
 	c.cancel()
 	<-c.done
 	return c.closer()
 }
 
-func (c *Consumer) report(ctx context.Context, err error) {
+func (c *reader[T]) report(ctx context.Context, err error) {
 	if c.onError != nil {
 		c.onError(err)
 		return
@@ -161,8 +213,8 @@ func (c *Consumer) report(ctx context.Context, err error) {
 // A message's offset is recorded (Offsets, the resume point) only once it is dealt with:
 // delivered, or dropped as a repeat, or reported as invalid. A message whose delivery was
 // cut short by ctx is not recorded, so resuming from Offsets after Close delivers it.
-func (c *Consumer) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
-	d, err := DecodeDecision(m.Value)
+func (c *reader[T]) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
+	d, err := c.codec.decode(m.Value)
 	if err != nil {
 		atomic.AddInt64(&c.stats.Invalid, 1)
 		var de *DecodeError
@@ -176,16 +228,17 @@ func (c *Consumer) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
 		c.markDone(m)
 		return true
 	}
-	if !c.dedupe.isNew(d.LinkID, d.Seq) {
+	key, order := c.codec.key(&d)
+	if !c.dedupe.isNew(key, order) {
 		atomic.AddInt64(&c.stats.Duplicates, 1)
 		c.markDone(m)
 		return true
 	}
-	d.Partition, d.Offset = m.Partition, m.Offset
+	c.codec.at(&d, m.Partition, m.Offset)
 	select {
-	case c.decisions <- d:
-		// one goroutine per partition and a link's decisions on one partition: nothing admitted in between
-		c.dedupe.Admit(d.LinkID, d.Seq)
+	case c.out <- d:
+		// one goroutine per partition and a key's records on one partition: nothing admitted in between
+		c.dedupe.Admit(key, order)
 		atomic.AddInt64(&c.stats.Delivered, 1)
 		c.markDone(m)
 		return true
@@ -195,13 +248,13 @@ func (c *Consumer) handle(ctx context.Context, m *sarama.ConsumerMessage) bool {
 }
 
 // markDone records that message m was dealt with: the partition resumes after it.
-func (c *Consumer) markDone(m *sarama.ConsumerMessage) {
+func (c *reader[T]) markDone(m *sarama.ConsumerMessage) {
 	c.mu.Lock()
 	c.offsets[m.Partition] = m.Offset + 1
 	c.mu.Unlock()
 }
 
-func (c *Consumer) startPartitions(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {
+func (c *reader[T]) startPartitions(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {
 	consumer, err := sarama.NewConsumer(cfg.Brokers, sc)
 	if err != nil {
 		return fmt.Errorf("bwp consumer: connecting to %v: %w", cfg.Brokers, err)
@@ -238,7 +291,7 @@ func (c *Consumer) startPartitions(ctx context.Context, cfg ConsumerConfig, sc *
 	c.closer = consumer.Close
 	go func() {
 		wg.Wait()
-		close(c.decisions)
+		close(c.out)
 		close(c.errs)
 		close(c.done)
 	}()
@@ -246,7 +299,7 @@ func (c *Consumer) startPartitions(ctx context.Context, cfg ConsumerConfig, sc *
 }
 
 // pump forwards one partition's messages and errors until ctx ends.
-func (c *Consumer) pump(ctx context.Context, pc sarama.PartitionConsumer) {
+func (c *reader[T]) pump(ctx context.Context, pc sarama.PartitionConsumer) {
 	defer pc.AsyncClose()
 	errs := pc.Errors()
 	for {
@@ -267,7 +320,7 @@ func (c *Consumer) pump(ctx context.Context, pc sarama.PartitionConsumer) {
 	}
 }
 
-func (c *Consumer) startGroup(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {
+func (c *reader[T]) startGroup(ctx context.Context, cfg ConsumerConfig, sc *sarama.Config) error {
 	if cfg.Group == "" {
 		return errors.New("bwp consumer: group mode needs a Group")
 	}
@@ -290,7 +343,7 @@ func (c *Consumer) startGroup(ctx context.Context, cfg ConsumerConfig, sc *saram
 	go func() {
 		for ctx.Err() == nil {
 			// Consume returns at each rebalance; join again until the context ends.
-			err := group.Consume(ctx, []string{cfg.Topic}, groupHandler{c, ctx})
+			err := group.Consume(ctx, []string{cfg.Topic}, groupHandler[T]{c, ctx})
 			if err != nil && ctx.Err() == nil {
 				// e.g. the broker refusing the join: it would repeat forever, so stop and
 				// let the caller decide (tansu: use ModePartition).
@@ -300,23 +353,23 @@ func (c *Consumer) startGroup(ctx context.Context, cfg ConsumerConfig, sc *saram
 		}
 		closeErr = group.Close() // closes group.Errors(), so the reporter above ends
 		<-errsDone
-		close(c.decisions)
+		close(c.out)
 		close(c.errs)
 		close(c.done)
 	}()
 	return nil
 }
 
-// groupHandler adapts a Consumer to sarama.ConsumerGroupHandler.
-type groupHandler struct {
-	c   *Consumer
+// groupHandler adapts a reader to sarama.ConsumerGroupHandler.
+type groupHandler[T any] struct {
+	c   *reader[T]
 	ctx context.Context
 }
 
-func (groupHandler) Setup(sarama.ConsumerGroupSession) error   { return nil }
-func (groupHandler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+func (groupHandler[T]) Setup(sarama.ConsumerGroupSession) error   { return nil }
+func (groupHandler[T]) Cleanup(sarama.ConsumerGroupSession) error { return nil }
 
-func (h groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+func (h groupHandler[T]) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	for m := range claim.Messages() {
 		if !h.c.handle(h.ctx, m) {
 			return nil

@@ -9,15 +9,18 @@ import (
 	"github.com/Shopify/sarama"
 )
 
-func testConsumer() *Consumer {
-	return &Consumer{
-		decisions: make(chan Decision), // unbuffered: delivery waits for a reader
-		errs:      make(chan error, 8),
-		dedupe:    NewDeduper(),
-		offsets:   map[int32]int64{},
-		done:      make(chan struct{}),
+func testReader[T any](cd codec[T]) *reader[T] {
+	return &reader[T]{
+		codec:   cd,
+		out:     make(chan T), // unbuffered: delivery waits for a reader
+		errs:    make(chan error, 8),
+		dedupe:  NewDeduper(),
+		offsets: map[int32]int64{},
+		done:    make(chan struct{}),
 	}
 }
+
+func testConsumer() *reader[Decision] { return testReader(decisionCodec) }
 
 func msg(offset int64, seq string) *sarama.ConsumerMessage {
 	return &sarama.ConsumerMessage{Partition: 0, Offset: offset, Value: []byte(strings.Replace(v2, `"seq":12`, `"seq":`+seq, 1))}
@@ -28,7 +31,7 @@ func msg(offset int64, seq string) *sarama.ConsumerMessage {
 func TestDeliveryCutShortIsResumedWithoutGap(t *testing.T) {
 	c := testConsumer()
 	got := make(chan Decision, 1)
-	go func() { got <- <-c.decisions }()
+	go func() { got <- <-c.out }()
 	if !c.handle(context.Background(), msg(0, "12")) {
 		t.Fatal("first message not handled")
 	}
@@ -44,7 +47,7 @@ func TestDeliveryCutShortIsResumedWithoutGap(t *testing.T) {
 		t.Fatalf("offset moved past an undelivered decision: %d", off)
 	}
 	// resume at Offsets(): the same message again, now delivered once
-	go func() { got <- <-c.decisions }()
+	go func() { got <- <-c.out }()
 	if !c.handle(context.Background(), msg(1, "13")) {
 		t.Fatal("resumed message not handled")
 	}

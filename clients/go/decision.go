@@ -88,14 +88,19 @@ type DecodeError struct {
 	Message   string
 	Partition int32 // where the record was read; -1 when decoded outside a consumer
 	Offset    int64
+	Record    string // what was decoded: "decision" (when empty) or "ranking"
 }
 
 func (e *DecodeError) Error() string {
-	if e.Partition < 0 {
-		return fmt.Sprintf("invalid decision (%s): %s", e.Code, e.Message)
+	what := e.Record
+	if what == "" {
+		what = "decision"
 	}
-	return fmt.Sprintf("invalid decision at partition %d offset %d (%s): %s",
-		e.Partition, e.Offset, e.Code, e.Message)
+	if e.Partition < 0 {
+		return fmt.Sprintf("invalid %s (%s): %s", what, e.Code, e.Message)
+	}
+	return fmt.Sprintf("invalid %s at partition %d offset %d (%s): %s",
+		what, e.Partition, e.Offset, e.Code, e.Message)
 }
 
 func decodeErr(code, format string, args ...interface{}) *DecodeError {

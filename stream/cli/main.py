@@ -44,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``bwp`` argument parser with every command group."""
     parser = argparse.ArgumentParser(
         prog="bwp",
-        description="Streaming bandwidth predictor for DWCP networks: per-link telemetry in, "
-        "an LSTM bandwidth forecast and a Double-DQN allocation decision out.",
+        description="Streaming bandwidth predictor for DWCP networks: per-link telemetry in; per state a "
+        "p10/p50/p90 forecast of the mean bandwidth over the next 1, 10 and 60 steps and an allocation "
+        "decision out. The forecast comes from the LSTM where it beat naive forecasters on validation, else "
+        "from a naive forecaster (forecast_source says which); the allocation from the Double-DQN or a tuned "
+        "rule, whichever won validation (policy says which).",
         epilog="Quick start: `make demo`. Every subcommand has --help.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")

@@ -39,4 +39,10 @@ def test_demo_runs_decides_and_stops_what_it_started(trained_model_dir: Path, tm
     assert injected >= 1 and _count(r"dead letters (\d+) \(the demo injected", text) == injected
     assert _count(r"latency p50 (\d+) ms", text) <= _count(r"latency p50 \d+ ms, p99 (\d+) ms", text)
     assert "stopped: worker, publisher, kafka, redis (started by this demo)" in text
+    # what served, from the decisions themselves (names from the decisions schema)
+    m = re.search(r"what served \(policy\): ([a-z_]+) (\d+)%", text)
+    assert m and m.group(1) in ("ddqn", "ewma_rule", "quantile_rule") and 0 < int(m.group(2)) <= 100, text[-2000:]
+    m = re.search(r"what served \(forecast_source\): ([a-z_]+) (\d+)%", text)
+    assert m and m.group(1) in ("lstm", "last_value", "ewma", "moving_average"), text[-2000:]
+    assert "p50 (p10-p90)" in text and "policy" in text
     assert not port_in_use(kafka_port) and not port_in_use(redis_port)  # the stack it started is down
