@@ -3,6 +3,7 @@ package bwp
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"math"
 	"strconv"
 )
@@ -72,18 +73,10 @@ func decodeRanking(value []byte) (Ranking, *DecodeError) {
 			return r, decodeErr("unknown_field", "ranking has an unknown field %q", k)
 		}
 	}
-	for _, f := range []struct {
-		name string
-		dst  interface{}
-	}{{"schema_version", &r.SchemaVersion}, {"route_group", &r.RouteGroup}, {"published_at_ms", &r.PublishedAtMs},
-		{"reason", &r.Reason}, {"score_rule", &r.ScoreRule}, {"score_horizon", &r.ScoreHorizon}} {
-		raw, ok := fields[f.name]
-		if !ok {
-			return r, decodeErr("missing_field", "ranking needs %q", f.name)
-		}
-		if err := json.Unmarshal(raw, f.dst); err != nil {
-			return r, decodeErr("wrong_type", "%s: %v", f.name, err)
-		}
+	if err := required(fields, []namedField{{"schema_version", &r.SchemaVersion}, {"route_group", &r.RouteGroup},
+		{"published_at_ms", &r.PublishedAtMs}, {"reason", &r.Reason}, {"score_rule", &r.ScoreRule},
+		{"score_horizon", &r.ScoreHorizon}}); err != nil {
+		return r, err
 	}
 	switch {
 	case r.SchemaVersion != 1:
@@ -128,19 +121,10 @@ func decodeMember(m map[string]json.RawMessage) (Member, *DecodeError) {
 			return mem, decodeErr("unknown_field", "unknown field %q", k)
 		}
 	}
-	for _, f := range []struct {
-		name string
-		dst  interface{}
-	}{{"rank", &mem.Rank}, {"link_id", &mem.LinkID}, {"score", &mem.Score}, {"horizon", &mem.Horizon},
-		{"seq", &mem.Seq}, {"ts_ms", &mem.TsMs}, {"age_ms", &mem.AgeMs}, {"latency_ms", &mem.LatencyMs},
-		{"packet_loss", &mem.PacketLoss}} {
-		raw, ok := m[f.name]
-		if !ok {
-			return mem, decodeErr("missing_field", "needs %q", f.name)
-		}
-		if err := json.Unmarshal(raw, f.dst); err != nil {
-			return mem, decodeErr("wrong_type", "%s: %v", f.name, err)
-		}
+	if err := required(m, []namedField{{"rank", &mem.Rank}, {"link_id", &mem.LinkID}, {"score", &mem.Score},
+		{"horizon", &mem.Horizon}, {"seq", &mem.Seq}, {"ts_ms", &mem.TsMs}, {"age_ms", &mem.AgeMs},
+		{"latency_ms", &mem.LatencyMs}, {"packet_loss", &mem.PacketLoss}}); err != nil {
+		return mem, err
 	}
 	switch {
 	case mem.Rank < 1 || mem.Horizon < 1 || mem.Seq < 0 || mem.TsMs < 0 || mem.AgeMs < 0:
@@ -177,4 +161,28 @@ func decodeMember(m map[string]json.RawMessage) (Member, *DecodeError) {
 	}
 	mem.Forecast = forecast
 	return mem, nil
+}
+
+// namedField is one required field of a record and where it is decoded to.
+type namedField struct {
+	name string
+	dst  interface{}
+}
+
+// required decodes every field into its destination with the decisions' field(): missing_field,
+// or wrong_type (null included).
+func required(fields map[string]json.RawMessage, want []namedField) *DecodeError {
+	for _, f := range want {
+		if _, ok := fields[f.name]; !ok {
+			return decodeErr("missing_field", "needs %q", f.name)
+		}
+		if err := field(fields, f.name, f.dst); err != nil {
+			var de *DecodeError
+			if errors.As(err, &de) {
+				return de
+			}
+			return decodeErr("wrong_type", "%s: %v", f.name, err)
+		}
+	}
+	return nil
 }
