@@ -31,7 +31,9 @@ from stream.core.records import BW
 #: Columns of the context features (model input).
 CONTEXT_FEATURES: tuple[str, ...] = tuple(f"log_m{s}_over_last" for s in SPANS) + ("log_vol",)
 CONTEXT_MODES: tuple[str, ...] = ("none", "long")
-_VOL_FLOOR = 1e-6
+VOL_FLOOR = 1e-6
+#: The EWMAs in a state row (columns 2 .. 2 + N_SPANS).
+N_SPANS = len(SPANS)
 
 
 def long_memory_states(bw: Sequence[float] | np.ndarray, start: list[float] | None = None) -> np.ndarray:
@@ -57,7 +59,7 @@ def context_features(windows: np.ndarray, states: np.ndarray) -> np.ndarray:
     last = np.maximum(w[:, -1, BW], 0.0)
     e = _eps(w)
     cols = [np.log((np.maximum(st[:, 2 + k], 0.0) + e) / (last + e)) for k in range(len(SPANS))]
-    cols.append(np.log(np.maximum(st[:, -1], 0.0) + _VOL_FLOOR))
+    cols.append(np.log(np.maximum(st[:, -1], 0.0) + VOL_FLOOR))
     return np.stack(cols, axis=1) if len(w) else np.zeros((0, len(CONTEXT_FEATURES)))
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ml.forecast.calibration import SOURCES, ForecastSpec
+from ml.forecast.context import CONTEXT_FEATURES
 from ml.forecast.quantiles import quantile_at
 from ml.policy.observation import QUANTILE_OBS_LEVELS, observation_layout
 from ml.serving.graph import serving_function
@@ -32,7 +33,8 @@ from ml.serving.quantile_graph import POLICIES, quantile_serving_function
 from ml.serving.registry import load_version
 from ml.serving.runtime import configure_tf, tf_threads, xla_enabled
 from stream.core.errors import ModelError
-from stream.core.records import FEATURES, WINDOW
+from stream.core.longmem import STATE, initial_state, update_state
+from stream.core.records import BW, FEATURES, WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +106,10 @@ class Predictor:
         #: the Q-network's observation layout ("point" 9 columns, "quantiles" 11; checked at load)
         self.observation: str = observation_layout(self.metadata)
         self.spec: ForecastSpec | None = None
+        #: whether the model reads each window's long-memory link state (predict(..., states=))
+        self.context = False
         if self.head == "quantile":
             self.spec = ForecastSpec.from_json(self.metadata["forecast"])
-            if self.spec.context is not None:  # a clear refusal, not a shape error inside the graph
-                raise ModelError(
-                    f"model {self.version} reads per-link long-memory context (forecast.context, mode "
-                    f"{self.spec.context.mode!r}); the serving graph takes windows only so far: serve a "
-                    "version trained with the default context 'none'"
-                )
             pol = self.metadata.get("policy", {})
             rule = pol.get("ewma_rule") or {"alpha": 0.5, "k": 0.8}
             serve = quantile_serving_function(
@@ -125,6 +123,16 @@ class Predictor:
                 self.observation,
             )
             self._groups = {g: i for i, g in enumerate(self.spec.groups())}
+            self.context = self.spec.context is not None
+            n_in = len(self._lstm.inputs)
+            if n_in != (2 if self.context else 1) or (
+                self.context and self._lstm.inputs[1].shape[-1] != len(CONTEXT_FEATURES)
+            ):
+                raise ModelError(
+                    f"model {self.version}: the forecast spec says context {self.spec.context is not None}, but the LSTM "
+                    f"has {n_in} inputs {[tuple(i.shape) for i in self._lstm.inputs]} (a context model takes the window "
+                    f"and ({len(CONTEXT_FEATURES)},) context features)"
+                )
         else:
             # The point head serves the DDQN or the EWMA rule, per profile, as chosen at training
             # (v1 artefacts have no choice: the DDQN everywhere).
@@ -188,25 +196,31 @@ class Predictor:
         """
 
         def compile_(b: int) -> None:
-            self._fn(b)(np.zeros((b, WINDOW, len(FEATURES)), np.float64), np.zeros((b,), np.int32))
+            args = (np.zeros((b, WINDOW, len(FEATURES)), np.float64), np.zeros((b,), np.int32))
+            self._fn(b)(*args, *((np.zeros((b, len(STATE)), np.float64),) if self.context else ()))
 
         with ThreadPoolExecutor(max_workers=tf_threads(), thread_name_prefix="bwp-compile") as ex:
             list(ex.map(compile_, sorted(self.buckets(), reverse=True)))  # re-raises a compile error
 
-    def _run(self, w: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _run(self, w: np.ndarray, groups: np.ndarray, states: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
         """The serving function on bucket-padded chunks of ``w`` (N, 10, 4) float64 and profile
-        groups (N,) int32: (forecast, action, reference[, quantiles, source, policy]), N rows each."""
+        groups (N,) int32 (and, for a context model, states (N, 6)): (forecast, action,
+        reference[, quantiles, source, policy]), N rows each."""
         n = w.shape[0]
         step = self.max_chunk
         outs: list[tuple[np.ndarray, ...]] = []
         for start in range(0, n, step):
             chunk, g = w[start : start + step], groups[start : start + step]
+            st = states[start : start + step] if states is not None else None
             m = chunk.shape[0]
             b = _bucket(m)
             if m < b:  # zero windows (an outage) are valid input; their rows are dropped
                 chunk = np.concatenate([chunk, np.zeros((b - m,) + chunk.shape[1:], dtype=np.float64)])
                 g = np.concatenate([g, np.zeros(b - m, np.int32)])
-            outs.append(tuple(t.numpy()[:m] for t in self._fn(b)(chunk, g)))
+                if st is not None:
+                    st = np.concatenate([st, np.zeros((b - m, st.shape[1]), dtype=np.float64)])
+            extra = (st,) if st is not None else ()
+            outs.append(tuple(t.numpy()[:m] for t in self._fn(b)(chunk, g, *extra)))
         if len(outs) == 1:
             return outs[0]
         return tuple(np.concatenate(parts) for parts in zip(*outs))
@@ -216,16 +230,27 @@ class Predictor:
         serving graph also runs the tiny Q-net; one compiled path serves both)."""
         return self.predict(windows).bandwidth_mbps
 
-    def predict(self, windows: np.ndarray, profiles: Sequence[str | None] | None = None) -> Prediction:
+    def predict(
+        self,
+        windows: np.ndarray,
+        profiles: Sequence[str | None] | None = None,
+        states: np.ndarray | None = None,
+    ) -> Prediction:
         """Forecast, action and reference bandwidth for each window (and, for a quantile
         model, the quantiles of every horizon, the forecast source and the policy).
 
         ``windows`` is (N, 10, 4) in raw units (Mbit/s, ms, ratios), FEATURES order,
         oldest row first; ``profiles`` (N,) selects each window's calibration, fallback
-        and policy (unknown or None: the all-profiles choice). N = 0 gives empty arrays.
+        and policy (unknown or None: the all-profiles choice). ``states`` (N, 6): each
+        window's long-memory link state after its last step (``stream.core.longmem``), read
+        by a context model only; None there: the state built from the window itself (10
+        steps of history, :func:`window_states`). N = 0 gives empty arrays.
         """
         w = self._check(windows)
         n = w.shape[0]
+        st: np.ndarray | None = None
+        if self.context:
+            st = window_states(w) if states is None else np.asarray(states, dtype=np.float64).reshape(n, len(STATE))
         g = np.fromiter((self._groups.get(p, 0) for p in (profiles or [None] * n)), np.int32, count=n)  # type: ignore[arg-type]
         if n == 0:
             out: tuple[np.ndarray, ...] = (np.zeros((0,)), np.zeros((0,), np.int64), np.zeros((0,)))
@@ -236,7 +261,7 @@ class Predictor:
                 out += (np.zeros(shape), np.zeros(0, np.int32), np.zeros(0, np.int32))
         else:
             with self._lock:
-                out = self._run(w, g)  # N rows each
+                out = self._run(w, g, st)  # N rows each
         if self.spec is None:
             return Prediction(
                 out[0], out[1].astype(np.int64), out[2], policy=np.asarray(POLICIES, dtype=object)[out[3]]
@@ -345,3 +370,15 @@ def load_predictor(model_dir: Path | str, version: str | None = None) -> Predict
         raise ModelError(f"model {loaded.version}: cannot compile the forward passes: {exc}") from exc
     p.load_seconds = time.monotonic() - started  # type: ignore[attr-defined]
     return p
+
+
+def window_states(windows: np.ndarray) -> np.ndarray:
+    """The long-memory state (N, 6) a link would hold after only the window's own 10 steps: what a
+    context model reads when the caller has no link state (``bwp serve``'s windows)."""
+    out = np.empty((len(windows), len(STATE)))
+    for i, bw in enumerate(np.asarray(windows, dtype=np.float64)[:, :, BW].tolist()):
+        s = initial_state()
+        for b in bw:
+            s = update_state(s, b)
+        out[i] = s
+    return out

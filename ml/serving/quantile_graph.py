@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ml.forecast.calibration import SOURCES, ForecastSpec
+from ml.forecast.context import N_SPANS, VOL_FLOOR
 from ml.forecast.features import _ABS_EPS, _REL_EPS, Preprocessor
 from ml.forecast.naive import NAIVE
 from ml.forecast.quantiles import Z_CLIP, tau_weights
@@ -83,11 +84,14 @@ def quantile_serving_function(
     quantile_tau: float,
     observation: str = "point",
 ) -> Callable[[Any, Any], tuple[Any, ...]]:
-    """``serve(windows (N, 10, 4) float64, group (N,) int32)`` -> (forecast (N,), action (N,) int32,
-    reference (N,), quantiles Mbit/s (N, H, Q), source index into SOURCES (N,) int32, policy index
-    into POLICIES (N,) int32). ``group`` indexes ``spec.groups()``; ``policies`` maps a group to
-    its policy (missing groups take the ``"*"`` entry); ``observation`` is the Q-network's layout
-    (``"point"``: 9 columns, ``"quantiles"``: 11, with the served h = 1 p10 and p90)."""
+    """``serve(windows (N, 10, 4) float64, group (N,) int32[, states (N, 6) float64])`` -> (forecast
+    (N,), action (N,) int32, reference (N,), quantiles Mbit/s (N, H, Q), source index into SOURCES
+    (N,) int32, policy index into POLICIES (N,) int32). ``group`` indexes ``spec.groups()``;
+    ``policies`` maps a group to its policy (missing groups take the ``"*"`` entry); ``observation``
+    is the Q-network's layout (``"point"``: 9 columns, ``"quantiles"``: 11, with the served h = 1
+    p10 and p90). A model with long-memory context (``spec.context``) takes each window's link
+    state (``stream.core.longmem``) as the third argument; its features are
+    ``ml.forecast.context.ContextScaler.transform`` in TensorFlow ops."""
     import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
 
     f64 = tf.float64
@@ -99,6 +103,19 @@ def quantile_serving_function(
     rule_k = float(ewma_rule[1])
     obs_dim(observation)  # ValueError for an unknown layout
     transform, observe = graph_parts(preprocessor)
+    ctx = spec.context
+    if ctx is not None:
+        c_mean, c_std = tf.constant(ctx.mean, f64), tf.constant(ctx.std, f64)  # (C,)
+
+    def context_input(states: Any, last: Any, eps: Any) -> Any:
+        """ml.forecast.context.ContextScaler.transform: (N, 6) states -> (N, C) float32."""
+        st = tf.cast(states, f64)
+        e = eps[:, None]
+        ms = tf.maximum(st[:, 2 : 2 + N_SPANS], 0.0)  # the EWMAs (N, 3)
+        f = tf.concat([tf.math.log((ms + e) / (last[:, None] + e)),
+                       tf.math.log(tf.maximum(st[:, -1:], 0.0) + VOL_FLOOR)], axis=1)  # fmt: skip
+        z = (f - c_mean) / c_std
+        return tf.cast(tf.where(tf.math.is_finite(z), z, tf.zeros_like(z)), tf.float32)
 
     def running_max(v: Any) -> Any:
         """np.maximum.accumulate along the last (quantile) axis: calibrated quantiles never cross."""
@@ -107,12 +124,13 @@ def quantile_serving_function(
             cols.append(tf.maximum(cols[-1], v[..., j]))
         return tf.stack(cols, axis=-1)
 
-    def serve(w: Any, group: Any) -> tuple[Any, ...]:
+    def serve(w: Any, group: Any, states: Any = None) -> tuple[Any, ...]:
         w, bw, x, x_lat, _, _ = transform(w)
         last = bw[:, -1]  # (N,): the ratio space is relative to the last sample
         eps = _REL_EPS * tf.reduce_mean(bw, axis=1) + _ABS_EPS
         # --- 1. calibrated model, (N, H, Q) ratio space
-        z = tf.reshape(tf.cast(lstm(x, training=False), f64), [-1, n_h, n_q]) + tf.gather(shifts, group)
+        inputs = x if ctx is None else {"window": x, "context": context_input(states, last, eps)}
+        z = tf.reshape(tf.cast(lstm(inputs, training=False), f64), [-1, n_h, n_q]) + tf.gather(shifts, group)
         z_lstm = running_max(z)
         # --- 2. naive forecasters: points (N, 3, H) -> ratio quantiles (N, 3, H, Q)
         lv = tf.repeat(last[:, None], n_h, axis=1)

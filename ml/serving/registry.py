@@ -86,7 +86,10 @@ def library_versions() -> dict[str, str]:
 
 
 def _io_shapes(model: Any) -> tuple[list, list]:
-    return [list(model.input_shape[1:])], [list(model.output_shape[1:])]
+    """([each input's shape without the batch axis], [the output's]): the window first; a
+    forecaster with long-memory context has a second input (N, C)."""
+    ins = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    return [list(s[1:]) for s in ins], [list(model.output_shape[1:])]
 
 
 def save_version(

@@ -56,10 +56,13 @@ class _Capture:
     def __init__(self, predictor: Any) -> None:
         self.inner = predictor
         self.version = predictor.version
+        self.context = bool(getattr(predictor, "context", False))  # passes the link states on, as the worker does
         self.windows: list[np.ndarray] = []
 
-    def predict(self, windows: np.ndarray, profiles: Any = None) -> Any:
+    def predict(self, windows: np.ndarray, profiles: Any = None, states: Any = None) -> Any:
         self.windows.append(np.array(windows, dtype=np.float64))
+        if states is not None:
+            return self.inner.predict(windows, profiles, states)
         return self.inner.predict(windows, profiles)
 
 

@@ -58,6 +58,7 @@ class Owed:
 
     records: list[Telemetry]
     windows: np.ndarray  # (len(records), WINDOW, 4)
+    states: np.ndarray | None = None  # (len(records), 6) long-memory state after each window
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +268,7 @@ class PipelineCore:
         )
         owed_idx = np.flatnonzero(upd.has_window()).tolist()
         windows = upd.windows  # (len(owed_idx), WINDOW, 4)
+        states = upd.window_states()  # (len(owed_idx), 6)
         out.filling += upd.count(Outcome.FILLING)
         out.duplicates += upd.count(Outcome.DUPLICATE)
         out.stale += upd.count(Outcome.STALE)
@@ -285,15 +287,15 @@ class PipelineCore:
                 keep.append(row)
             if len(keep) < len(owed_idx):
                 owed_idx = [owed_idx[r] for r in keep]
-                windows = windows[keep]
+                windows, states = windows[keep], states[keep]
         m.stage_seconds.labels("redis").observe(time.perf_counter() - t1)
-        return Owed([good[i] for i in owed_idx], windows)
+        return Owed([good[i] for i in owed_idx], windows, states)
 
     async def _decide(self, owed: Owed, predictor: PredictorLike, out: BatchOutput) -> None:
         """One batched predict over every owed window, off the event loop; the decisions go to ``out``."""
         t2 = time.perf_counter()
         if owed.records:
-            pred = await self._predict(predictor, owed.windows, [r.profile for r in owed.records])
+            pred = await self._predict(predictor, owed.windows, [r.profile for r in owed.records], owed.states)
             wire = await self._calibrate(owed.records, pred)
             out.decisions = build_decisions(
                 owed.records, pred, predictor.version, self.clock_ms(), self.schema_version,
@@ -340,12 +342,16 @@ class PipelineCore:
             on_error=lambda exc: m.redis_errors.inc(),
         )
 
-    async def _predict(self, predictor: PredictorLike, x: np.ndarray, profiles: list[str | None]) -> PredictionLike:
+    async def _predict(
+        self, predictor: PredictorLike, x: np.ndarray, profiles: list[str | None], states: np.ndarray | None = None
+    ) -> PredictionLike:
         loop = asyncio.get_running_loop()
         n = len(x)
+        # a model that reads the link's long-memory state gets it; every other predictor is called as before
+        args = (x, profiles, states) if getattr(predictor, "context", False) and states is not None else (x, profiles)
 
         async def call() -> PredictionLike:
-            pred = await loop.run_in_executor(self.executor, predictor.predict, x, profiles)
+            pred = await loop.run_in_executor(self.executor, predictor.predict, *args)
             check_prediction(pred, n, predictor.version)  # a bad one is retried and counted, not published
             return pred
 

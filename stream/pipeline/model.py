@@ -43,7 +43,9 @@ class PredictorLike(Protocol):
 
     def predict(self, windows: np.ndarray, profiles: Sequence[str | None] | None = None) -> PredictionLike:
         """(N, WINDOW, 4) raw-unit windows, FEATURES order, oldest row first; each window's
-        link profile (or None), which selects the model's per-profile choices."""
+        link profile (or None), which selects the model's per-profile choices. A predictor with
+        a true ``context`` attribute also takes ``states`` (N, 6) as a third argument: each
+        window's long-memory link state (``stream.core.longmem``, ``BatchUpdate.window_states``)."""
         ...
 
 

@@ -191,20 +191,49 @@ def test_v1_artefact_loads_and_serves_point_forecasts(tmp_path):
     assert p.observation == "point" and p.policy_forecast(w[:7]).shape == (7,)
 
 
-def test_a_context_artefact_is_refused_with_a_clear_error(tmp_path):
-    """An artefact whose LSTM reads long-memory context (``bwp evaluate-traces --context long``) is not
-    served by the window-only graph: loading it says so instead of failing on a shape."""
-    import copy
-
-    from ml.forecast.context import STATE, ContextScaler
-    from ml.serving.predictor import Predictor
+def test_a_context_artefact_serves_what_its_numpy_specification_says(tmp_path):
+    """A quantile LSTM with the long-memory context input (``bwp evaluate-traces --context long``)
+    loads and serves: the served quantiles equal ForecastSpec.served_ratio over the model's
+    forecasts from windows and link states; without states the predictor builds them from the
+    window itself; a context-free artefact serves as before (the other tests of this module)."""
+    from ml.data import LinkSeries
+    from ml.forecast.context import series_states
+    from ml.forecast.lstm import LSTMConfig
+    from ml.forecast.quantiles import from_ratio
+    from ml.forecast.training import (
+        fit_quantile_forecaster,
+        horizon_states_of,
+        horizon_windows_of,
+        make_quantile_model_fn,
+    )
+    from ml.policy.qnet import build_qnetwork
+    from ml.serving.predictor import Predictor, window_states
     from ml.serving.registry import load_version, save_version
-    from stream.core.errors import ModelError
+    from simulator.generator import FleetSimulator
 
-    w, prof, spec, model_fn, qnet, _, _, pre, lstm = _build("point")
-    spec = copy.deepcopy(spec)
-    spec.context = ContextScaler.fit("long", w[:20], np.abs(np.random.default_rng(0).normal(50, 5, (20, len(STATE)))))
-    meta = {"head": "quantile", "forecast": spec.to_json(), "policy": {"serving": {"*": "ddqn"}}}
-    loaded = load_version(tmp_path, save_version(tmp_path, lstm, qnet, pre, meta))
-    with pytest.raises(ModelError, match="long-memory context"):
-        Predictor(loaded, xla=False)
+    sim = FleetSimulator("internet", 6, 5, start_ms=0)
+    arr = np.stack([sim.step() for _ in range(160)], axis=1)
+    links = [LinkSeries(f"l{i}", "internet", arr[i], states=series_states(arr[i])) for i in range(6)]
+    cfg = LSTMConfig(epochs=1, max_train_windows=600, max_val_windows=200)
+    lstm, pre, spec, _ = fit_quantile_forecaster(links[:4], links[4:], cfg, 0, horizons=H, context="long")
+    meta = {"head": "quantile", "forecast": spec.to_json(), "policy": {"serving": {"*": "quantile_rule"}}}
+    p = Predictor(load_version(tmp_path, save_version(tmp_path, lstm, build_qnetwork(obs_dim("point"), seed=1), pre,
+                                                      meta)), xla=False)  # fmt: skip
+    assert p.context
+    w, _, prof, _ = horizon_windows_of(links[4:], H)
+    st = horizon_states_of(links[4:])
+    model_fn = make_quantile_model_fn(lstm, pre, len(H), context=spec.context)
+    want = from_ratio(w, spec.served_ratio(w, prof, model_fn(w, st))[0])
+    got = p.predict(w, list(prof), st)
+    np.testing.assert_allclose(got.quantiles, want, rtol=2e-5, atol=1e-6)
+    own = p.predict(w[:7], list(prof[:7]))  # no states: the window's own 10 steps
+    np.testing.assert_allclose(
+        own.quantiles,
+        from_ratio(w[:7], spec.served_ratio(w[:7], prof[:7], model_fn(w[:7], window_states(w[:7])))[0]),
+        rtol=2e-5,
+        atol=1e-6,
+    )
+    assert window_states(w[:1])[0, 0] == 10  # ten steps of history
+    late = slice(len(w) - 7, len(w))  # far into the links: their states hold much more than the window
+    assert st[late, 0].min() > 100
+    assert not np.allclose(model_fn(w[late], st[late]), model_fn(w[late], window_states(w[late])))

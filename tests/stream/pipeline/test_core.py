@@ -215,3 +215,44 @@ def test_reorder_puts_per_slot_results_back_in_record_order():
     ]
     assert got.filled.tolist() == [5, 0, 0, 0, 0]
     assert got.windows[:, 0, 0].tolist() == [2.0, 3.0]
+
+
+class _ContextPredictor(LastValuePredictor):
+    """A stand-in that reads the link states (``context = True``) and records them."""
+
+    context = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list[np.ndarray] = []
+
+    def predict(self, windows, profiles=None, states=None):
+        assert states is not None and states.shape == (len(windows), 6)
+        self.states.append(np.array(states))
+        return super().predict(windows, profiles)
+
+
+def test_a_context_predictor_gets_each_windows_link_state(bwp_settings):
+    """The core passes the window store's long-memory state of each window (the state after its
+    last step, stream.core.longmem) to a predictor that reads context; others are called as before."""
+    from stream.core.longmem import initial_state, update_state
+
+    pred = _ContextPredictor()
+    recs = [make_record(k, s) for s in range(14) for k in range(2)]
+
+    async def go(core):
+        out = await core.process(in_records(recs))
+        await core.confirm(out)
+        return out
+
+    out = run_core(bwp_settings, go, pred)
+    got = np.concatenate(pred.states)
+    want = []
+    state = {r.link_id: initial_state() for r in recs}
+    for r in recs:
+        state[r.link_id] = update_state(state[r.link_id], r.bandwidth_mbps)
+        if r.seq >= WINDOW - 1:
+            want.append(state[r.link_id])
+    order = [(d.link_id, d.seq) for d in out.decisions]
+    assert order == [(r.link_id, r.seq) for r in recs if r.seq >= WINDOW - 1]
+    assert got.tobytes() == np.array(want).tobytes()
