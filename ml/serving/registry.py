@@ -131,7 +131,8 @@ def save_version(
                 "window": WINDOW,
                 "n_actions": N_ACTIONS,
                 "shapes": {
-                    "lstm": {"input": lstm_in[0], "output": lstm_out[0]},
+                    # "input": the window; "inputs": every input (a context model's second one too)
+                    "lstm": {"input": lstm_in[0], "inputs": lstm_in, "output": lstm_out[0]},
                     "qnet": {"input": q_in[0], "output": q_out[0]},
                 },
                 "libraries": library_versions(),

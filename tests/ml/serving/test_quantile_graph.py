@@ -220,6 +220,7 @@ def test_a_context_artefact_serves_what_its_numpy_specification_says(tmp_path):
     p = Predictor(load_version(tmp_path, save_version(tmp_path, lstm, build_qnetwork(obs_dim("point"), seed=1), pre,
                                                       meta)), xla=False)  # fmt: skip
     assert p.context
+    assert p.metadata["shapes"]["lstm"]["inputs"] == [[10, 4], [4]]  # the registry records both inputs
     w, _, prof, _ = horizon_windows_of(links[4:], H)
     st = horizon_states_of(links[4:])
     model_fn = make_quantile_model_fn(lstm, pre, len(H), context=spec.context)

@@ -41,7 +41,7 @@ def test_save_load_round_trip(tmp_path, parts):
     meta = reg.read_metadata(tmp_path)
     assert meta["version"] == v and meta["metrics"] == {"x": 1}
     assert set(meta["sha256"]) == {"lstm.keras", "qnet.keras", "preprocessing.json"}
-    assert meta["shapes"]["lstm"] == {"input": [10, 4], "output": [1]}
+    assert meta["shapes"]["lstm"] == {"input": [10, 4], "inputs": [[10, 4]], "output": [1]}
     assert set(meta["libraries"]) == {"python", "tensorflow", "keras", "numpy"}
     loaded = reg.load_version(tmp_path)
     x = np.random.default_rng(1).normal(size=(3, 10, 4)).astype(np.float32)
