@@ -290,6 +290,11 @@ def _test_metrics(
         for h, v in out["forecast_test_summary"].items():
             say(f"held-out test h={h}: served pinball ratio {v['served_pinball_ratio']}, MAE ratio "
                 f"{v['served_mae_ratio']}, coverage {v['served_coverage']}")  # fmt: skip
+        # what a decision's forecast_source will say: the model, or the naive forecaster serving instead
+        say("what serves on the held-out links (forecast_source): " + "; ".join(
+            f"h={h} " + ", ".join(f"{src} {share:.0%}" for src, share in sorted(shares.items(), key=lambda kv: -kv[1]))
+            for h, shares in prob["forecast_sources"].items()
+        ))  # fmt: skip
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-_CACHE: dict[str, Path] = {}
+_CACHE: dict = {}
 
 
 def quick_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -24,6 +24,12 @@ def quick_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from ml.train import TrainConfig, train
 
         d = tmp_path_factory.mktemp("bwp-quick-model")
-        train(TrainConfig(quick=True, model_dir=d, seed=0, progress=lambda s: None))
-        _CACHE["dir"] = d
+        lines: list[str] = []
+        train(TrainConfig(quick=True, model_dir=d, seed=0, progress=lines.append))
+        _CACHE["dir"], _CACHE["progress"] = d, lines
     return _CACHE["dir"]
+
+
+def quick_model_progress() -> list[str]:
+    """The progress lines of the quick model's training (after :func:`quick_model_dir`)."""
+    return list(_CACHE.get("progress", []))

@@ -32,6 +32,20 @@ def _sim_windows(n_links: int = 6, steps: int = 80, seed: int = 7) -> np.ndarray
     return w
 
 
+def test_training_summary_says_what_serves(model_dir):
+    """The summary names, per horizon, the source a decision's forecast_source will carry on the held-out
+    links: the model, or the naive forecaster that serves instead."""
+    import re
+
+    from tests.helpers.models import quick_model_progress
+
+    line = next((p for p in quick_model_progress() if p.startswith("what serves on the held-out links")), None)
+    assert line is not None, quick_model_progress()[-5:]
+    for h in ("1", "10", "60"):
+        m = re.search(rf"h={h} ((?:lstm|last_value|ewma|moving_average) \d+%(?:, )?)+", line)
+        assert m, line
+
+
 def test_metadata_has_metrics_and_data_description(model_dir):
     from ml.serving.registry import current_version, read_metadata
 
