@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/Shopify/sarama"
 )
@@ -341,16 +343,9 @@ func (c *reader[T]) startGroup(ctx context.Context, cfg ConsumerConfig, sc *sara
 		}
 	}()
 	go func() {
-		for ctx.Err() == nil {
-			// Consume returns at each rebalance; join again until the context ends.
-			err := group.Consume(ctx, []string{cfg.Topic}, groupHandler[T]{c, ctx})
-			if err != nil && ctx.Err() == nil {
-				// e.g. the broker refusing the join: it would repeat forever, so stop and
-				// let the caller decide (tansu: use ModePartition).
-				c.report(ctx, fmt.Errorf("bwp consumer: group %q: %w", cfg.Group, err))
-				break
-			}
-		}
+		consumeLoop(ctx, func(ctx context.Context) error {
+			return group.Consume(ctx, []string{cfg.Topic}, groupHandler[T]{c, ctx})
+		}, func(err error) { c.report(ctx, fmt.Errorf("bwp consumer: group %q: %w", cfg.Group, err)) }, groupRetry)
 		closeErr = group.Close() // closes group.Errors(), so the reporter above ends
 		<-errsDone
 		close(c.out)
@@ -358,6 +353,38 @@ func (c *reader[T]) startGroup(ctx context.Context, cfg ConsumerConfig, sc *sara
 		close(c.done)
 	}()
 	return nil
+}
+
+// groupRetry is how long group mode waits before joining again after an error (a broker away,
+// a refused join, a failed rebalance): Base doubling to Cap, with jitter; it never gives up.
+var groupRetry = Retry{Base: 200 * time.Millisecond, Cap: 10 * time.Second}
+
+// consumeLoop runs consume until ctx ends: again at once after a clean return (each rebalance
+// ends a Consume call), again after a back-off after an error, which is reported. The back-off
+// resets after a call that ran without error.
+func consumeLoop(ctx context.Context, consume func(context.Context) error, report func(error), retry Retry) {
+	failures := 0
+	for ctx.Err() == nil {
+		err := consume(ctx)
+		if err == nil || ctx.Err() != nil {
+			failures = 0
+			continue
+		}
+		report(err) // e.g. tansu refusing the join (error 79): use ModePartition there
+		wait := retry.Base << uint(failures)
+		if wait > retry.Cap || wait <= 0 {
+			wait = retry.Cap
+		}
+		if failures < 30 {
+			failures++
+		}
+		t := time.NewTimer(time.Duration(rand.Int63n(int64(wait)/2+1)) + wait/2)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+	}
 }
 
 // groupHandler adapts a reader to sarama.ConsumerGroupHandler.

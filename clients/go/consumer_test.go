@@ -2,6 +2,7 @@ package bwp
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -67,5 +68,40 @@ func TestInvalidRecordIsReportedAndSkipped(t *testing.T) {
 	}
 	if err := <-c.errs; !strings.Contains(err.Error(), "invalid_json") || c.Offsets()[3] != 8 || c.Stats().Invalid != 1 {
 		t.Fatalf("err %v offsets %v stats %+v", err, c.Offsets(), c.Stats())
+	}
+}
+
+// Group mode survives errors: after a failed Consume it reports, backs off and joins again, and
+// after clean returns (rebalances) it joins again at once, until the context ends.
+func TestGroupModeRetriesAfterErrorsUntilTheContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls, reported := 0, 0
+	results := []error{errors.New("join refused"), errors.New("broker away"), nil, nil, errors.New("rebalance failed")}
+	start := time.Now()
+	consumeLoop(ctx, func(context.Context) error {
+		calls++
+		if calls > len(results) {
+			cancel()
+			return nil
+		}
+		return results[calls-1]
+	}, func(error) { reported++ }, Retry{Base: 10 * time.Millisecond, Cap: 40 * time.Millisecond})
+	if calls != len(results)+1 || reported != 3 {
+		t.Fatalf("%d calls, %d reports; want %d and 3", calls, reported, len(results)+1)
+	}
+	if took := time.Since(start); took < 15*time.Millisecond || took > 2*time.Second {
+		t.Fatalf("backed off for %v in all (want some, bounded)", took)
+	}
+}
+
+func TestGroupModeStopsWaitingWhenTheContextEnds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	consumeLoop(ctx, func(context.Context) error { return errors.New("down") }, func(error) {},
+		Retry{Base: time.Hour, Cap: time.Hour})
+	if time.Since(start) > time.Second {
+		t.Fatalf("a 1 h back-off outlived the context: %v", time.Since(start))
 	}
 }
