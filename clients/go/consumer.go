@@ -41,6 +41,8 @@ type ConsumerConfig struct {
 	StartOffsets map[int32]int64
 	// Sarama is the client configuration (nil: a default with Version V1_0_0_0).
 	Sarama *sarama.Config
+	// Security: TLS and SASL (PLAIN, SCRAM-SHA-256/512); the zero value is PLAINTEXT.
+	Security Security
 	// OnError, when set, receives every invalid record and consumer error instead of the
 	// Errors channel.
 	OnError func(error)
@@ -131,6 +133,9 @@ func newReader[T any](ctx context.Context, cfg ConsumerConfig, cd codec[T]) (*re
 		sc.ClientID = "bwp-go"
 	}
 	sc.Consumer.Return.Errors = true
+	if err := cfg.Security.Apply(sc); err != nil {
+		return nil, err
+	}
 	if cfg.Offset == 0 {
 		cfg.Offset = sarama.OffsetOldest
 	}

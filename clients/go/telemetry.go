@@ -73,6 +73,8 @@ type ProducerConfig struct {
 	Idempotent bool
 	// Sarama, when set, is used as is (Producer.Return.Successes is set to true); else a default.
 	Sarama *sarama.Config
+	// Security: TLS and SASL (PLAIN, SCRAM-SHA-256/512); the zero value is PLAINTEXT.
+	Security Security
 }
 
 // NewTelemetryProducer connects to the brokers.
@@ -92,6 +94,9 @@ func NewTelemetryProducer(cfg ProducerConfig) (*TelemetryProducer, error) {
 		sc.Producer.Retry.Max = 5
 	}
 	sc.Producer.Return.Successes = true // SyncProducer needs it
+	if err := cfg.Security.Apply(sc); err != nil {
+		return nil, err
+	}
 	if cfg.Idempotent {
 		sc.Producer.Idempotent = true
 		sc.Producer.RequiredAcks = sarama.WaitForAll

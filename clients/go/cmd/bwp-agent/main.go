@@ -41,6 +41,9 @@ type options struct {
 	brokers, topic, mode, group, offset string
 	serve, token, windows               string
 	publish, telemetryTopic             string
+	securityProtocol, saslMechanism     string
+	saslUser, saslPassword              string
+	sslCAFile, sslCertFile, sslKeyFile  string
 	duration, idle, burst               time.Duration
 	max                                 int
 }
@@ -58,12 +61,27 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.windows, "windows", "", "with -serve: JSON-lines file of 10-state windows to predict, then exit")
 	fs.StringVar(&o.publish, "publish", "", "JSON-lines file of telemetry records (the node's own probe states) to publish, then exit")
 	fs.StringVar(&o.telemetryTopic, "telemetry-topic", "bwp.telemetry", "telemetry topic (-publish)")
+	fs.StringVar(&o.securityProtocol, "security-protocol", envOr("BWP_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+		"PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (default $BWP_KAFKA_SECURITY_PROTOCOL or PLAINTEXT)")
+	fs.StringVar(&o.saslMechanism, "sasl-mechanism", envOr("BWP_KAFKA_SASL_MECHANISM", "PLAIN"),
+		"PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with SASL_* (default $BWP_KAFKA_SASL_MECHANISM or PLAIN)")
+	fs.StringVar(&o.saslUser, "sasl-user", os.Getenv("BWP_KAFKA_SASL_USERNAME"), "SASL user (default $BWP_KAFKA_SASL_USERNAME)")
+	fs.StringVar(&o.saslPassword, "sasl-password", os.Getenv("BWP_KAFKA_SASL_PASSWORD"),
+		"SASL password (default $BWP_KAFKA_SASL_PASSWORD; prefer the variable: flags show in ps)")
+	fs.StringVar(&o.sslCAFile, "ssl-cafile", os.Getenv("BWP_KAFKA_SSL_CAFILE"), "CA bundle for TLS (default $BWP_KAFKA_SSL_CAFILE)")
+	fs.StringVar(&o.sslCertFile, "ssl-certfile", os.Getenv("BWP_KAFKA_SSL_CERTFILE"), "client certificate for mTLS")
+	fs.StringVar(&o.sslKeyFile, "ssl-keyfile", os.Getenv("BWP_KAFKA_SSL_KEYFILE"), "client key for mTLS")
 	fs.DurationVar(&o.duration, "duration", 0, "stop after this long (0: until interrupted)")
 	fs.DurationVar(&o.idle, "idle", 0, "stop when no decision came for this long after the first (0: never)")
 	fs.DurationVar(&o.burst, "burst", 100*time.Millisecond, "token bucket burst, as time at the allocated rate")
 	fs.IntVar(&o.max, "max", 0, "stop after applying this many decisions (0: no limit)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	switch o.securityProtocol {
+	case "PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL":
+	default:
+		return o, fmt.Errorf("-security-protocol must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, got %q", o.securityProtocol)
 	}
 	if o.publish != "" && (o.windows != "" || o.serve != "") {
 		return o, errors.New("-publish runs alone (not with -serve / -windows)")
@@ -117,7 +135,12 @@ func publish(o options, out *json.Encoder) error {
 		return err
 	}
 	defer f.Close()
-	p, err := bwp.NewTelemetryProducer(bwp.ProducerConfig{Brokers: strings.Split(o.brokers, ","), Topic: o.telemetryTopic})
+	sec, err := o.security()
+	if err != nil {
+		return err
+	}
+	p, err := bwp.NewTelemetryProducer(bwp.ProducerConfig{Brokers: strings.Split(o.brokers, ","), Topic: o.telemetryTopic,
+		Security: sec})
 	if err != nil {
 		return err
 	}
@@ -252,9 +275,13 @@ func consume(ctx context.Context, o options, out *json.Encoder) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errOut := json.NewEncoder(os.Stderr)
+	sec, err := o.security()
+	if err != nil {
+		return err
+	}
 	c, err := bwp.NewConsumer(ctx, bwp.ConsumerConfig{
 		Brokers: strings.Split(o.brokers, ","), Topic: o.topic, Mode: bwp.Mode(o.mode), Group: o.group,
-		Offset: offset,
+		Offset: offset, Security: sec,
 		OnError: func(err error) {
 			_ = errOut.Encode(map[string]string{"error": err.Error()})
 		},
@@ -306,4 +333,27 @@ func closeAndReport(c *bwp.Consumer) error {
 	fmt.Fprintf(os.Stderr, "bwp-agent: applied %d decisions, dropped %d repeats, %d invalid records\n",
 		s.Delivered, s.Duplicates, s.Invalid)
 	return err
+}
+
+// security maps the Kafka flags to the client's Security, as the worker's BWP_KAFKA_* settings do.
+func (o options) security() (bwp.Security, error) {
+	var sec bwp.Security
+	if o.securityProtocol == "SSL" || o.securityProtocol == "SASL_SSL" {
+		cfg, err := bwp.TLSConfig(o.sslCAFile, o.sslCertFile, o.sslKeyFile)
+		if err != nil {
+			return sec, err
+		}
+		sec.TLS = cfg
+	}
+	if strings.HasPrefix(o.securityProtocol, "SASL_") {
+		sec.SASLMechanism, sec.User, sec.Password = o.saslMechanism, o.saslUser, o.saslPassword
+	}
+	return sec, nil
+}
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
 }
