@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ml.forecast.calibration import SOURCES, ForecastSpec
-from ml.forecast.context import N_SPANS, VOL_FLOOR
+from ml.forecast.context import N_SPANS, VOL_FLOOR, ContextScaler
 from ml.forecast.features import _ABS_EPS, _REL_EPS, Preprocessor
 from ml.forecast.naive import NAIVE
 from ml.forecast.quantiles import Z_CLIP, tau_weights
@@ -74,6 +74,26 @@ def _mbps(z: Any, last: Any, eps: Any) -> Any:
     return tf.maximum(tf.exp(tf.clip_by_value(z, -Z_CLIP, Z_CLIP)) * (last + eps) - eps, 0.0)
 
 
+def _context_input(ctx: ContextScaler) -> Callable[[Any, Any, Any], Any]:
+    """``ml.forecast.context.ContextScaler.transform`` in TensorFlow ops: (states (N, 6), last (N,),
+    eps (N,)) -> the standardised context features (N, C) float32."""
+    import tensorflow as tf  # TensorFlow: seconds to import; only model code needs it
+
+    f64 = tf.float64
+    c_mean, c_std = tf.constant(ctx.mean, f64), tf.constant(ctx.std, f64)  # (C,)
+
+    def context_input(states: Any, last: Any, eps: Any) -> Any:
+        st = tf.cast(states, f64)
+        e = eps[:, None]
+        ms = tf.maximum(st[:, 2 : 2 + N_SPANS], 0.0)  # the EWMAs (N, 3)
+        f = tf.concat([tf.math.log((ms + e) / (last[:, None] + e)),
+                       tf.math.log(tf.maximum(st[:, -1:], 0.0) + VOL_FLOOR)], axis=1)  # fmt: skip
+        z = (f - c_mean) / c_std
+        return tf.cast(tf.where(tf.math.is_finite(z), z, tf.zeros_like(z)), tf.float32)
+
+    return context_input
+
+
 def quantile_serving_function(
     preprocessor: Preprocessor,
     lstm: Any,
@@ -104,18 +124,7 @@ def quantile_serving_function(
     obs_dim(observation)  # ValueError for an unknown layout
     transform, observe = graph_parts(preprocessor)
     ctx = spec.context
-    if ctx is not None:
-        c_mean, c_std = tf.constant(ctx.mean, f64), tf.constant(ctx.std, f64)  # (C,)
-
-    def context_input(states: Any, last: Any, eps: Any) -> Any:
-        """ml.forecast.context.ContextScaler.transform: (N, 6) states -> (N, C) float32."""
-        st = tf.cast(states, f64)
-        e = eps[:, None]
-        ms = tf.maximum(st[:, 2 : 2 + N_SPANS], 0.0)  # the EWMAs (N, 3)
-        f = tf.concat([tf.math.log((ms + e) / (last[:, None] + e)),
-                       tf.math.log(tf.maximum(st[:, -1:], 0.0) + VOL_FLOOR)], axis=1)  # fmt: skip
-        z = (f - c_mean) / c_std
-        return tf.cast(tf.where(tf.math.is_finite(z), z, tf.zeros_like(z)), tf.float32)
+    context_input = _context_input(ctx) if ctx is not None else None
 
     def running_max(v: Any) -> Any:
         """np.maximum.accumulate along the last (quantile) axis: calibrated quantiles never cross."""
@@ -129,7 +138,7 @@ def quantile_serving_function(
         last = bw[:, -1]  # (N,): the ratio space is relative to the last sample
         eps = _REL_EPS * tf.reduce_mean(bw, axis=1) + _ABS_EPS
         # --- 1. calibrated model, (N, H, Q) ratio space
-        inputs = x if ctx is None else {"window": x, "context": context_input(states, last, eps)}
+        inputs = x if context_input is None else {"window": x, "context": context_input(states, last, eps)}
         z = tf.reshape(tf.cast(lstm(inputs, training=False), f64), [-1, n_h, n_q]) + tf.gather(shifts, group)
         z_lstm = running_max(z)
         # --- 2. naive forecasters: points (N, 3, H) -> ratio quantiles (N, 3, H, Q)
