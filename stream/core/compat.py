@@ -110,13 +110,16 @@ def source_sha256(obj: Any) -> str:
 Range = tuple[Release, Release]
 
 
+def reviewed_range(reviewed: dict[Range, dict[str, str]], version: str | None) -> Range | None:
+    """The reviewed range (a key of a compat module's ``UPSTREAM_SHA256``: range -> upstream path
+    -> sha256) that holds ``version``; None when none holds it."""
+    return next((rng for rng in reviewed if is_tested(version, rng)), None)
+
+
 def reviewed_fingerprints(reviewed: dict[Range, dict[str, str]], version: str | None) -> dict[str, str] | None:
-    """The fingerprints recorded for the reviewed range that holds ``version`` (a compat module's
-    ``UPSTREAM_SHA256``: range -> upstream path -> sha256); None when no range holds it."""
-    for rng, shas in reviewed.items():
-        if is_tested(version, rng):
-            return shas
-    return None
+    """The fingerprints recorded for the reviewed range that holds ``version``; None when none holds it."""
+    rng = reviewed_range(reviewed, version)
+    return None if rng is None else reviewed[rng]
 
 
 def newest_fingerprints(reviewed: dict[Range, dict[str, str]]) -> tuple[Range, dict[str, str]]:
@@ -124,6 +127,12 @@ def newest_fingerprints(reviewed: dict[Range, dict[str, str]]) -> tuple[Range, d
     (usually newer) release is compared against."""
     rng = max(reviewed, key=lambda r: r[1])
     return rng, reviewed[rng]
+
+
+def upstream_fingerprints(reviewed: dict[Range, dict[str, str]], lookup: Any = resolve) -> dict[str, str]:
+    """sha256 of the installed upstream source of every function ``reviewed`` records (the newest
+    range's list); ``lookup`` finds the object of a path (a patching module passes its originals)."""
+    return {path: source_sha256(lookup(path)) for path in newest_fingerprints(reviewed)[1]}
 
 
 def covering_range(reviewed: dict[Range, dict[str, str]]) -> Range:

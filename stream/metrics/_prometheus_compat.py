@@ -34,10 +34,8 @@ from stream.core.compat import (
     Release,
     installed_version,
     is_tested,
-    newest_fingerprints,
-    resolve,
-    source_sha256,
     untested_message,
+    upstream_fingerprints,
 )
 
 log = logging.getLogger(__name__)
@@ -109,7 +107,7 @@ def _probe_ok() -> bool:
 
 def fingerprints() -> dict[str, str]:
     """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
-    return {path: source_sha256(resolve(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
+    return upstream_fingerprints(UPSTREAM_SHA256)
 
 
 def observe_many(child: Any, values: Any) -> None:

@@ -19,6 +19,7 @@ from stream.core.compat import (
     is_tested,
     newest_fingerprints,
     resolve,
+    reviewed_range,
     source_sha256,
     spec,
 )
@@ -76,8 +77,8 @@ def library_report(module_path: str) -> LibraryReport:
     version = installed_version(compat.DIST)
     in_tested = is_tested(version, compat.TESTED)
     reviewed: dict[Range, dict[str, str]] = compat.UPSTREAM_SHA256
-    holding = [r for r in reviewed if is_tested(version, r)]
-    rng, expected = (holding[0], reviewed[holding[0]]) if holding else newest_fingerprints(reviewed)
+    held = reviewed_range(reviewed, version)
+    rng, expected = (held, reviewed[held]) if held is not None else newest_fingerprints(reviewed)
     name = module_path.replace(".", "/") + ".py"
     try:
         found, missing = _fingerprint_each(compat, list(expected))

@@ -29,11 +29,9 @@ from typing import Any
 from stream.core.compat import (
     Range,
     Release,
-    newest_fingerprints,
     require_tested,
-    resolve,
-    source_sha256,
     spec,
+    upstream_fingerprints,
 )
 from stream.core.errors import ConfigError
 
@@ -64,7 +62,7 @@ def check_version() -> str:
 
 def fingerprints() -> dict[str, str]:
     """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
-    return {path: source_sha256(resolve(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
+    return upstream_fingerprints(UPSTREAM_SHA256)
 
 
 def set_fetch_max_wait_ms(consumer: Any, wait_ms: int) -> None:

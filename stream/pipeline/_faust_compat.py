@@ -37,10 +37,9 @@ from typing import Any
 from stream.core.compat import (
     Range,
     Release,
-    newest_fingerprints,
     require_tested,
     resolve,
-    source_sha256,
+    upstream_fingerprints,
 )
 from stream.pipeline import _aiokafka_compat
 from stream.pipeline.feed import _BULK_FEEDS, BulkFeed
@@ -82,7 +81,7 @@ def upstream(path: str) -> Any:
 
 def fingerprints() -> dict[str, str]:
     """sha256 of the installed upstream source of every function :data:`UPSTREAM_SHA256` records."""
-    return {path: source_sha256(upstream(path)) for path in newest_fingerprints(UPSTREAM_SHA256)[1]}
+    return upstream_fingerprints(UPSTREAM_SHA256, upstream)
 
 
 def committed_offset(consumer: Any, tp: Any) -> int | None:
