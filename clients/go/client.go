@@ -50,6 +50,15 @@ type Retry struct {
 	Cap  time.Duration // longest wait
 }
 
+// delay is the wait before retry attempt+1 before jitter: Base * 2^attempt, at most Cap (when set).
+func (r Retry) delay(attempt int) time.Duration {
+	d := r.Base << uint(attempt)
+	if r.Cap > 0 && (d > r.Cap || d <= 0) {
+		d = r.Cap
+	}
+	return d
+}
+
 // DefaultRetry is what NewClient sets: 3 retries, 100 ms growing to 2 s.
 var DefaultRetry = Retry{Max: 3, Base: 100 * time.Millisecond, Cap: 2 * time.Second}
 
@@ -174,18 +183,28 @@ func (c *Client) DecideAllocationContext(ctx context.Context, state NetworkState
 	return preds[0].AllocationPct, nil
 }
 
-// checkState refuses what the server would refuse (422), before sending anything.
-func checkState(s NetworkState) error {
-	for _, f := range []struct {
-		name   string
-		v, max float64
-	}{{"Latency", s.Latency, 3.6e6}, {"Bandwidth", s.Bandwidth, 1e7}, {"PacketLoss", s.PacketLoss, 1},
-		{"Reliability", s.Reliability, 1}} {
+// The ranges the worker's decoder and the API accept (telemetry.schema.json), for one state.
+const (
+	maxLatencyMs     = 3.6e6
+	maxBandwidthMbps = 1e7
+)
+
+// checkMeasured checks latency, bandwidth, loss and reliability (named as the caller names them)
+// against the ranges the worker and the API accept.
+func checkMeasured(names [4]string, latency, bandwidth, loss, reliability float64) error {
+	for i, f := range []struct{ v, max float64 }{{latency, maxLatencyMs}, {bandwidth, maxBandwidthMbps},
+		{loss, 1}, {reliability, 1}} {
 		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 || f.v > f.max {
-			return fmt.Errorf("%s must be a finite number in [0, %g], got %v", f.name, f.max, f.v)
+			return fmt.Errorf("%s must be a finite number in [0, %g], got %v", names[i], f.max, f.v)
 		}
 	}
 	return nil
+}
+
+// checkState refuses what the server would refuse (422), before sending anything.
+func checkState(s NetworkState) error {
+	return checkMeasured([4]string{"Latency", "Bandwidth", "PacketLoss", "Reliability"},
+		s.Latency, s.Bandwidth, s.PacketLoss, s.Reliability)
 }
 
 // Predict asks for one prediction per window (each exactly 10 states, oldest first).
@@ -305,10 +324,7 @@ func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
 	if retryAfter > 0 {
 		return retryAfter
 	}
-	d := c.Retry.Base << uint(attempt)
-	if c.Retry.Cap > 0 && (d > c.Retry.Cap || d <= 0) {
-		d = c.Retry.Cap
-	}
+	d := c.Retry.delay(attempt)
 	if d <= 0 {
 		return 0
 	}

@@ -376,10 +376,7 @@ func consumeLoop(ctx context.Context, consume func(context.Context) error, repor
 			continue
 		}
 		report(err) // e.g. tansu refusing the join (error 79): use ModePartition there
-		wait := retry.Base << uint(failures)
-		if wait > retry.Cap || wait <= 0 {
-			wait = retry.Cap
-		}
+		wait := retry.delay(failures)
 		if failures < 30 {
 			failures++
 		}

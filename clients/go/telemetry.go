@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/Shopify/sarama"
 )
@@ -34,14 +33,9 @@ func (t Telemetry) Validate() error {
 	if t.Seq < 0 || t.TsMs < 0 {
 		return fmt.Errorf("telemetry %s: seq and ts_ms must be >= 0, got %d and %d", t.LinkID, t.Seq, t.TsMs)
 	}
-	for _, f := range []struct {
-		name   string
-		v, max float64
-	}{{"latency_ms", t.LatencyMs, 3.6e6}, {"bandwidth_mbps", t.BandwidthMbps, 1e7},
-		{"packet_loss", t.PacketLoss, 1}, {"reliability", t.Reliability, 1}} {
-		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 || f.v > f.max {
-			return fmt.Errorf("telemetry %s: %s must be a finite number in [0, %g], got %v", t.LinkID, f.name, f.max, f.v)
-		}
+	if err := checkMeasured([4]string{"latency_ms", "bandwidth_mbps", "packet_loss", "reliability"},
+		t.LatencyMs, t.BandwidthMbps, t.PacketLoss, t.Reliability); err != nil {
+		return fmt.Errorf("telemetry %s: %w", t.LinkID, err)
 	}
 	if t.Profile != "" && t.Profile != "datacenter" && t.Profile != "internet" {
 		return fmt.Errorf("telemetry %s: profile must be datacenter, internet or empty, got %q", t.LinkID, t.Profile)

@@ -119,7 +119,7 @@ def _score(
 ) -> dict[str, Any]:
     """Score one fitted quantile model on one dataset's test split: the JSON of a dataset."""
     model, pre, spec, hist = fit
-    train, val, test = split
+    test = split[2]
     qfc = quantile_forecasts(make_quantile_model_fn(model, pre, len(spec.horizons), context=spec.context), spec, test)
     if own:  # the dataset's own naive forecasters, as extra predictors "<name>@dataset"
         z = own["naive"].predict_ratio(qfc["windows"], qfc["profiles"])
@@ -129,19 +129,9 @@ def _score(
     mid = len(spec.quantiles) // 2
     fc = forecasts_for_links(lambda w: qfc["q"]["lstm"][:, 0, mid], test, alpha)  # same windows, same order
     fc["y_pred"]["served"] = qfc["q"]["served"][:, 0, mid]
-    fc["profiles"] = np.full(len(fc["y_true"]), name, dtype=object)
-    rep = report(fc)
-    del rep["by_profile"]  # one dataset = one profile
+    rep = _dataset_report(name, fc, split, "quantile", trained_on, alpha, hist)
     rep.update(
         {
-            "head": "quantile",
-            "trained_on": trained_on,
-            "split": "time" if name in TIME_SPLIT_DATASETS else "traces",
-            "traces": {"train": len(train), "val": len(val), "test": len(test)},
-            "test_traces": [ls.link_id for ls in test],
-            "ewma_alpha": alpha,
-            "lstm_epochs": hist["epochs_run"],
-            "lstm_train_windows": hist["train_windows"],
             "horizons": prob["horizons"],
             "forecast_sources": prob["forecast_sources"],
             "quantiles": prob["quantiles"],
@@ -156,10 +146,25 @@ def _point_dataset(name: str, split: tuple[list, list, list], cfg: LSTMConfig, s
     train, val, test = split
     model, pre, alpha, hist = fit_forecaster(train, val, cfg, seed, say=say)
     fc = forecasts_for_links(make_forecaster(model, pre), test, alpha)
+    return _dataset_report(name, fc, split, "point", [name], alpha, hist)
+
+
+def _dataset_report(
+    name: str,
+    fc: dict[str, Any],
+    split: tuple[list, list, list],
+    head: str,
+    trained_on: list[str],
+    alpha: float,
+    hist: dict[str, Any],
+) -> dict[str, Any]:
+    """The h = 1 point report of one dataset's forecasts ``fc`` and what every head's JSON says of
+    its split and its model."""
+    train, val, test = split
     fc["profiles"] = np.full(len(fc["y_true"]), name, dtype=object)
     rep = report(fc)
-    del rep["by_profile"]
-    rep.update({"head": "point", "trained_on": [name], "split": "time" if name in TIME_SPLIT_DATASETS else "traces",
+    del rep["by_profile"]  # one dataset = one profile
+    rep.update({"head": head, "trained_on": trained_on, "split": "time" if name in TIME_SPLIT_DATASETS else "traces",
                 "traces": {"train": len(train), "val": len(val), "test": len(test)},
                 "test_traces": [ls.link_id for ls in test], "ewma_alpha": alpha,
                 "lstm_epochs": hist["epochs_run"], "lstm_train_windows": hist["train_windows"]})  # fmt: skip

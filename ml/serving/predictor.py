@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ml.forecast.calibration import SOURCES, ForecastSpec
-from ml.forecast.context import CONTEXT_FEATURES
+from ml.forecast.context import CONTEXT_FEATURES, long_memory_states
 from ml.forecast.quantiles import quantile_at
 from ml.policy.observation import QUANTILE_OBS_LEVELS, observation_layout
 from ml.serving.graph import serving_function
@@ -33,7 +33,7 @@ from ml.serving.quantile_graph import POLICIES, quantile_serving_function
 from ml.serving.registry import load_version
 from ml.serving.runtime import configure_tf, tf_threads, xla_enabled
 from stream.core.errors import ModelError
-from stream.core.longmem import STATE, initial_state, update_state
+from stream.core.longmem import STATE
 from stream.core.records import BW, FEATURES, WINDOW
 
 log = logging.getLogger(__name__)
@@ -375,10 +375,7 @@ def load_predictor(model_dir: Path | str, version: str | None = None) -> Predict
 def window_states(windows: np.ndarray) -> np.ndarray:
     """The long-memory state (N, 6) a link would hold after only the window's own 10 steps: what a
     context model reads when the caller has no link state (``bwp serve``'s windows)."""
-    out = np.empty((len(windows), len(STATE)))
-    for i, bw in enumerate(np.asarray(windows, dtype=np.float64)[:, :, BW].tolist()):
-        s = initial_state()
-        for b in bw:
-            s = update_state(s, b)
-        out[i] = s
-    return out
+    w = np.asarray(windows, dtype=np.float64)
+    if len(w) == 0:
+        return np.zeros((0, len(STATE)))
+    return np.stack([long_memory_states(row)[-1] for row in w[:, :, BW]])

@@ -9,22 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.core.records import FEATURES, MAX_BANDWIDTH_MBPS, MAX_LATENCY_MS, WINDOW
+from stream.core.records import FEATURES, WINDOW
+from stream.serve.requests import BOUNDS
 
 _NUMBER = {"type": "number"}
-# the limits parse_predict enforces (stream.serve.requests.BOUNDS): a value outside is a 422 out_of_range
+_UNITS = {"latency_ms": "round-trip latency, ms", "bandwidth_mbps": "measured bandwidth, Mbit/s",
+          "packet_loss": "loss ratio", "reliability": "delivery ratio"}  # fmt: skip
+# the limits parse_predict enforces (BOUNDS, one definition): a value outside is a 422 out_of_range
 _STATE = {
     "type": "object",
     "required": list(FEATURES),
     "properties": {
-        "latency_ms": {"type": "number", "minimum": 0, "maximum": MAX_LATENCY_MS, "description": "round-trip latency, ms"},
-        "bandwidth_mbps": {"type": "number", "minimum": 0, "maximum": MAX_BANDWIDTH_MBPS,
-                           "description": "measured bandwidth, Mbit/s"},
-        "packet_loss": {"type": "number", "minimum": 0, "maximum": 1, "description": "loss ratio"},
-        "reliability": {"type": "number", "minimum": 0, "maximum": 1, "description": "delivery ratio"},
+        f: {"type": "number", "minimum": lo, "maximum": hi, "description": _UNITS[f]}
+        for f, (lo, hi) in zip(FEATURES, BOUNDS)
     },
     "description": "One state of a link; other keys (link_id, seq, ts_ms, ...) are ignored.",
-}  # fmt: skip
+}
 _QUANTILES = {
     "type": "object",
     "required": ["p10", "p50", "p90"],

@@ -31,3 +31,14 @@ def run_core(settings, fn, predictor=None, **kw):
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def decide_all(settings, recs, predictor=None, **kw):
+    """Run ``recs`` through one ``process`` and ``confirm`` of a fresh core: its BatchOutput."""
+
+    async def go(core):
+        out = await core.process(in_records(recs))
+        await core.confirm(out)
+        return out
+
+    return run_core(settings, go, predictor, **kw)

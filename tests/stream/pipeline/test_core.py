@@ -12,7 +12,7 @@ import pytest
 from stream.core.records import H_ERROR_CODE, H_SOURCE_OFFSET, H_SOURCE_PARTITION, H_SOURCE_TOPIC, WINDOW
 from stream.pipeline.core import InRecord
 from tests.helpers.pipeline import LastValuePredictor, StandInPrediction, make_record
-from tests.helpers.pipeline_core import in_records, run_core
+from tests.helpers.pipeline_core import decide_all, in_records, run_core
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,7 @@ def test_one_decision_per_full_window_and_batched_predict(bwp_settings):
     pred = LastValuePredictor()
     recs = [make_record(k, s) for s in range(12) for k in range(3)]
 
-    async def go(core):
-        out = await core.process(in_records(recs))
-        await core.confirm(out)
-        return out
-
-    out = run_core(bwp_settings, go, pred)
+    out = decide_all(bwp_settings, recs, pred)
     assert out.valid == 36 and out.filling == 3 * (WINDOW - 1) and not out.dead_letters
     assert sorted((d.link_id, d.seq) for d in out.decisions) == sorted(
         (f"lk-{k:04d}", s) for k in range(3) for s in range(WINDOW - 1, 12)
@@ -240,12 +235,7 @@ def test_a_context_predictor_gets_each_windows_link_state(bwp_settings):
     pred = _ContextPredictor()
     recs = [make_record(k, s) for s in range(14) for k in range(2)]
 
-    async def go(core):
-        out = await core.process(in_records(recs))
-        await core.confirm(out)
-        return out
-
-    out = run_core(bwp_settings, go, pred)
+    out = decide_all(bwp_settings, recs, pred)
     got = np.concatenate(pred.states)
     want = []
     state = {r.link_id: initial_state() for r in recs}
